@@ -1,0 +1,5 @@
+"""`python -m sandbox` runs the sbx command line."""
+
+from sandbox.cli import main
+
+main()

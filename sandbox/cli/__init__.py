@@ -1,0 +1,92 @@
+"""The sbx command line: the only code that prints to the user or exits.
+
+Commands load lazily (click's LazyGroup pattern): `sbx --help` and `sbx run` import
+only the module of the verb they run, so start-up stays fast. Every verb lives in
+its own module under `sandbox.cli`, as crun keeps one file per verb.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from sandbox.errors import EXIT_SBX, SbxError
+
+# verb -> "module:attribute" under sandbox.cli, and a one-line help shown by --help
+# without importing the module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("sandbox.cli.run:run", "Run a command in a new container."),
+    "system": ("sandbox.cli.system:system", "Check and describe the host."),
+    "info": ("sandbox.cli.system:info", "Show how sbx sees this host (--check to check it)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module_name, _, attr = entry[0].partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def fail(err: SbxError) -> NoReturn:
+    """Print an error once, with its hint, and exit with its code."""
+    click.echo(f"sbx: {err.message}", err=True)
+    if err.hint:
+        click.echo(f"hint: {err.hint}", err=True)
+    sys.exit(err.exit_code)
+
+
+def warn(message: str) -> None:
+    click.echo(f"sbx: warning: {message}", err=True)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for commands: turn SbxError into a message and an exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SbxError as err:
+            fail(err)
+
+    return wrapper
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sbx", prog_name="sbx")
+def cli() -> None:
+    """sbx: rootless, daemonless containers for developers."""
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="sbx", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(EXIT_SBX)
+    except click.ClickException as exc:
+        # podman exits 125 on bad usage, where click would exit 2.
+        exc.show()
+        sys.exit(EXIT_SBX)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SbxError as err:
+        fail(err)

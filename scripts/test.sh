@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything and run the whole test suite: scripts/setup.sh, ruff, pytest.
+#   ./scripts/test.sh [PYTEST ARGS...]
+# Runs as root (through sudo if needed); the integration fixtures drop to the
+# unprivileged test users themselves. CI=true makes a skipped integration test fail.
+set -euo pipefail
+
+if [[ $EUID -ne 0 ]]; then
+    exec sudo -- bash "$0" "$@"
+fi
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=/opt/sbx/venv
+
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+
+lint=0
+echo "test: ruff check ."
+"$VENV/bin/ruff" check . || lint=$?
+
+rc=0
+echo "test: $VENV/bin/python -m pytest $*"
+"$VENV/bin/python" -m pytest "$@" || rc=$?
+
+# pytest's status wins; a lint failure alone still fails the run.
+if ((rc == 0 && lint != 0)); then
+    echo "test: ruff check failed (exit $lint)" >&2
+    rc=$lint
+fi
+exit "$rc"
