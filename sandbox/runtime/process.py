@@ -1,0 +1,335 @@
+"""Start a container from a spec: fork, namespaces, id maps, rootfs, credentials, exec.
+
+The dance, as crun and runc do it, with Python's constraints:
+
+    sbx (parent)            intermediate                 container (pid 1 inside)
+    fork ───────────────►   unshare(NEWUSER)
+    newuidmap/newgidmap ◄── "userns"
+    "mapped" ────────────►  unshare(NEWNS|NEWPID|...)
+                            fork ──────────────────────► setsid, hostname, lo up
+    ◄──────────────────────  "pid:N", exit                mounts, pivot_root (rootfs.py)
+    (subreaper: N is now our child)                       [pty master ──► sbx]
+    "go" ──────────────────────────────────────────────► drop caps, setuid, no_new_privs
+    ◄─ error pipe closes on exec (CLOEXEC) ─────────────  exec
+
+`unshare(CLONE_NEWUSER)` fails in a threaded process, so nothing here may start a
+thread before the fork. The parent is a child subreaper (prctl(2)) so the container
+is re-parented to it when the intermediate exits, and sbx can wait for it directly.
+Errors in the children travel back over a pipe as JSON and are raised in the parent,
+so only the CLI prints them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import sys as _sys
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+from sandbox.errors import EXIT_SBX, ExecError, SbxError, SyscallError
+from sandbox.runtime import caps as capmod
+from sandbox.runtime import idmap, rootfs, terminal
+from sandbox.runtime import syscalls as sc
+from sandbox.runtime.spec import Spec
+
+_NS_FLAGS = {
+    "mount": sc.CLONE_NEWNS,
+    "uts": sc.CLONE_NEWUTS,
+    "ipc": sc.CLONE_NEWIPC,
+    "pid": sc.CLONE_NEWPID,
+    "cgroup": sc.CLONE_NEWCGROUP,
+    "network": sc.CLONE_NEWNET,
+}
+FORWARDED_SIGNALS = (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT,
+)
+
+
+# -- errors across the fork ----------------------------------------------------------
+def _encode_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ExecError):
+        return {"kind": "exec", "argv0": exc.command, "errno": exc.errno}
+    if isinstance(exc, SyscallError):
+        return {"kind": "syscall", "op": exc.op, "errno": exc.errno, "path": exc.path,
+                "hint": exc.hint}
+    if isinstance(exc, SbxError):
+        return {"kind": "sbx", "message": exc.message, "hint": exc.hint}
+    if isinstance(exc, OSError):
+        return {"kind": "syscall", "op": "container setup", "errno": exc.errno or errno.EIO,
+                "path": exc.filename, "hint": None}
+    return {"kind": "sbx", "message": f"internal error in container setup: "
+            f"{type(exc).__name__}: {exc}", "hint": "this is a bug in sbx; please report it"}
+
+
+def _decode_error(data: bytes) -> SbxError:
+    try:
+        info = json.loads(data.decode())
+    except (ValueError, UnicodeDecodeError):
+        return SbxError(f"container setup failed: {data[:200]!r}")
+    kind = info.get("kind")
+    if kind == "exec":
+        return ExecError(info.get("argv0", "?"), info["errno"])
+    if kind == "syscall":
+        err2 = SyscallError(info["op"], info["errno"], info.get("path"), info.get("hint"))
+        err2.message = "can't set up the container: " + err2.message
+        return err2
+    return SbxError(info.get("message", "container setup failed"), info.get("hint"))
+
+
+def _die(err_w: int, exc: BaseException) -> NoReturn:
+    """Report an error from a child process to the parent and exit."""
+    code = getattr(exc, "exit_code", EXIT_SBX)
+    with contextlib.suppress(OSError):
+        os.write(err_w, json.dumps(_encode_error(exc)).encode())
+    os._exit(code)
+
+
+# -- the container side --------------------------------------------------------------
+def _apply_credentials(spec: Spec, sys: sc.Syscalls) -> None:
+    """Drop capabilities and switch to the container user (capabilities(7))."""
+    proc = spec.process
+    keep = capmod.to_mask(proc.capabilities.bounding)
+    for cap in range(capmod.last_cap() + 1):
+        if not keep & (1 << cap):
+            sys.prctl(sc.PR_CAPBSET_DROP, cap)
+    try:
+        with open("/proc/self/setgroups") as f:
+            setgroups_allowed = f.read().strip() == "allow"
+    except OSError:
+        setgroups_allowed = False
+    user = proc.user
+    try:
+        if setgroups_allowed:
+            os.setgroups(user.additional_gids)
+        os.setresgid(user.gid, user.gid, user.gid)
+    except OSError as exc:
+        raise SyscallError(f"switch to gid {user.gid}", exc.errno or errno.EINVAL, None,
+                           "that group is not mapped into the container's user namespace"
+                           ) from None
+    ambient = proc.capabilities.ambient
+    if user.uid != 0 and ambient:
+        sys.prctl(sc.PR_SET_KEEPCAPS, 1)
+    try:
+        os.setresuid(user.uid, user.uid, user.uid)
+    except OSError as exc:
+        raise SyscallError(f"switch to uid {user.uid}", exc.errno or errno.EINVAL, None,
+                           "that user is not mapped into the container's user namespace"
+                           ) from None
+    sys.capset(capmod.to_mask(proc.capabilities.effective),
+               capmod.to_mask(proc.capabilities.permitted),
+               capmod.to_mask(proc.capabilities.inheritable))
+    for name in ambient:
+        sys.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, capmod.CAPABILITIES[name])
+    if proc.no_new_privileges:
+        sys.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _exec(spec: Spec, err_w: int) -> NoReturn:
+    args = spec.process.args
+    env = dict(e.split("=", 1) for e in spec.process.env if "=" in e)
+    # Close everything sbx itself inherited; only stdio and the error pipe (CLOEXEC)
+    # cross into the container (podman leaks nothing without --preserve-fds).
+    os.closerange(3, err_w)
+    os.closerange(err_w + 1, 1 << 16)
+    try:
+        os.execvpe(args[0], args, env)
+    except OSError as exc:
+        err = ExecError(args[0], exc.errno or errno.ENOENT)
+        _die(err_w, err)
+    raise AssertionError("unreachable")
+
+
+def _init_loop(child: int) -> NoReturn:
+    """A minimal reaping init (docker --init, tini): forward signals, reap, pass status."""
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(EXIT_SBX)
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)
+
+
+def _container(spec: Spec, sock: socket.socket, err_w: int, sys: sc.Syscalls,
+               interactive: bool) -> NoReturn:
+    os.setsid()
+    if spec.has_namespace("uts") and spec.hostname:
+        sys.sethostname(spec.hostname)
+    if spec.has_namespace("network"):
+        from sandbox.runtime.network import loopback_up
+
+        loopback_up()
+    rootfs.setup(spec, sys)
+    slave = -1
+    if spec.process.terminal:
+        master, slave = terminal.open_pty_in_container()
+        socket.send_fds(sock, [b"pty"], [master])
+        os.close(master)
+    if sock.recv(16) != b"go":
+        os._exit(EXIT_SBX)  # sbx went away before we started
+    if slave >= 0:
+        terminal.make_controlling(slave)
+    elif not interactive:
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    try:
+        os.chdir(spec.process.cwd)
+    except OSError as exc:
+        raise SyscallError("chdir to working directory", exc.errno or errno.ENOENT,
+                           spec.process.cwd) from None
+    _apply_credentials(spec, sys)
+    # Die with sbx. Set last: a credential change clears the parent-death signal.
+    sys.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.umask(0o022)
+    if spec.init:
+        child = os.fork()
+        if child == 0:
+            try:
+                _exec(spec, err_w)
+            except BaseException as exc:  # must never return into sbx
+                _die(err_w, exc)
+        os.close(err_w)
+        _init_loop(child)
+    _exec(spec, err_w)
+
+
+def _intermediate(spec: Spec, sock: socket.socket, err_w: int, sys: sc.Syscalls,
+                  interactive: bool) -> NoReturn:
+    sys.unshare(sc.CLONE_NEWUSER)
+    sock.send(b"userns")
+    if sock.recv(16) != b"mapped":
+        os._exit(EXIT_SBX)
+    flags = 0
+    for ns in spec.linux.namespaces:
+        flags |= _NS_FLAGS.get(ns, 0)
+    sys.unshare(flags)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _container(spec, sock, err_w, sys, interactive)
+        except BaseException as exc:  # must never return into sbx
+            _die(err_w, exc)
+    sock.send(b"pid:%d" % pid)
+    os._exit(0)
+
+
+# -- the sbx side --------------------------------------------------------------------
+@contextlib.contextmanager
+def _forward_signals(pid: int) -> Iterator[None]:
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
+        sys: sc.Syscalls | None = None) -> int:
+    """Run the container in the foreground; return its exit status as a shell would."""
+    sys = sys or sc.Syscalls()
+    sc.libc()  # load libc before forking, once
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()  # both O_CLOEXEC (PEP 446)
+    sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    _sys.stdout.flush()
+    _sys.stderr.flush()
+    pid1 = os.fork()
+    if pid1 == 0:
+        parent_sock.close()
+        os.close(err_r)
+        try:
+            _intermediate(spec, child_sock, err_w, sys, interactive)
+        except BaseException as exc:  # must never return into sbx
+            _die(err_w, exc)
+    child_sock.close()
+    os.close(err_w)
+    container = 0
+    master = -1
+    try:
+        if parent_sock.recv(64) != b"userns":
+            os.waitpid(pid1, 0)
+            raise _decode_error(_read_all(err_r))
+        try:
+            idmap.apply(pid1, maps)
+        finally:
+            parent_sock.send(b"mapped")
+        msg = parent_sock.recv(64)
+        os.waitpid(pid1, 0)
+        if not msg.startswith(b"pid:"):
+            raise _decode_error(_read_all(err_r))
+        container = int(msg[4:])
+        if spec.process.terminal:
+            _data, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
+            if not fds:
+                raise _decode_error(_read_all(err_r))
+            master = fds[0]
+            if os.isatty(0):
+                terminal.copy_winsize(0, master)
+        parent_sock.send(b"go")
+        with _forward_signals(container):
+            failure = _read_all(err_r)  # EOF when exec succeeded (CLOEXEC)
+            if failure:
+                os.waitpid(container, 0)
+                container = 0
+                raise _decode_error(failure)
+            if master >= 0:
+                terminal.relay(master, interactive, lambda: _alive(container))
+            _pid, status = os.waitpid(container, 0)
+            container = 0
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+    except BaseException:
+        if container:
+            _kill_and_reap(container)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid1, os.WNOHANG)
+        raise
+    finally:
+        parent_sock.close()
+        os.close(err_r)
+        if master >= 0:
+            os.close(master)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` has not exited; leaves its status for waitpid (WNOWAIT)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False

@@ -1,0 +1,237 @@
+"""Turn `sbx run` options into a `Spec`: pure functions, no I/O.
+
+Like runc's `ToRootless(spec)`, everything here is a transform of data, so every rule
+(env precedence, volume syntax, default mounts, masked paths) is unit-tested without a
+container. Reading files (env files, the rootfs's /etc/passwd) happens in the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sandbox.errors import UsageError
+from sandbox.runtime import caps as capmod
+from sandbox.runtime.spec import (
+    NAMESPACES,
+    Capabilities,
+    IdMapping,
+    Linux,
+    Mount,
+    Process,
+    Root,
+    Spec,
+    User,
+)
+from sandbox.runtime.users import ExecUser
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# podman's defaults (containers/common pkg/config: DefaultMaskedPaths,
+# DefaultReadOnlyPaths): kernel state a container has no business reading or changing.
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/dev/block",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+    "/sys/fs/selinux",
+)
+READONLY_PATHS = (
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+# Rootless runtimes cannot mknod; they bind the host's device nodes (runc, crun).
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+
+
+@dataclass
+class RunOptions:
+    """What the user asked for on the command line (or, later, in a profile)."""
+
+    rootfs: str
+    args: list[str]
+    env: list[str] = field(default_factory=list)
+    env_file_text: list[tuple[str, str]] = field(default_factory=list)  # (path, content)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    read_only: bool = False
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    interactive: bool = False
+    tty: bool = False
+    init: bool = False
+    userns: str = ""  # "" (root maps to you) or "keep-id"
+    network: str = "host"  # host | none
+
+
+def parse_env_file(path: str, text: str, host_env: Mapping[str, str]) -> list[str]:
+    """docker's --env-file format: KEY=VALUE lines, # comments, bare KEY from the host."""
+    out = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, eq, _ = line.partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise UsageError(f"{path}:{lineno}: invalid variable name {key!r}",
+                             hint="each line must be KEY=VALUE, KEY, or a # comment")
+        if eq:
+            out.append(raw.lstrip())
+        elif key in host_env:
+            out.append(f"{key}={host_env[key]}")
+    return out
+
+
+def merge_env(layers: Sequence[Sequence[str]], host_env: Mapping[str, str]) -> list[str]:
+    """Later layers win; `KEY` alone takes the host's value (dropped when unset)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for item in layer:
+            key, eq, value = item.partition("=")
+            if not key:
+                raise UsageError(f"invalid environment variable {item!r}",
+                                 hint="use -e KEY=VALUE, or -e KEY to pass the host's value")
+            if eq:
+                merged[key] = value
+            elif key in host_env:
+                merged[key] = host_env[key]
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def parse_volume(spec: str, cwd: str) -> Mount:
+    """-v HOST:CTR[:OPTS] as podman reads it; OPTS: ro, rw, z, Z, nosuid, nodev, noexec..."""
+    parts = spec.split(":")
+    if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid volume {spec!r}", hint="use -v HOST-PATH:CONTAINER-PATH[:ro]")
+    host, ctr = parts[0], parts[1]
+    opts = parts[2].split(",") if len(parts) == 3 and parts[2] else []
+    if not (host.startswith("/") or host.startswith(".")):
+        raise UsageError(
+            f"named volume {host!r} is not supported with --rootfs",
+            hint="give a host path (absolute, or starting with ./)",
+        )
+    if not ctr.startswith("/"):
+        raise UsageError(f"invalid volume {spec!r}: container path {ctr!r} must be absolute")
+    known = {"ro", "rw", "z", "Z", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+             "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave"}
+    for o in opts:
+        if o not in known:
+            raise UsageError(f"invalid option {o!r} in volume {spec!r}",
+                             hint="volume options are ro, rw, nosuid, nodev, noexec, z, Z")
+    options = [o for o in opts if o not in ("z", "Z")]
+    if "bind" not in options:
+        options.insert(0, "rbind")
+    return Mount(ctr, "bind", os.path.normpath(os.path.join(cwd, host)), options)
+
+
+def parse_tmpfs(spec: str) -> Mount:
+    """--tmpfs /path[:opts]; podman's defaults are rw,noexec,nosuid,nodev."""
+    dest, _, opts = spec.partition(":")
+    if not dest.startswith("/"):
+        raise UsageError(f"invalid --tmpfs {spec!r}: the path must be absolute")
+    options = ["rw", "noexec", "nosuid", "nodev"]
+    options += [o for o in opts.split(",") if o]
+    return Mount(dest, "tmpfs", "tmpfs", options)
+
+
+def default_mounts(network: str) -> list[Mount]:
+    mounts = [
+        Mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
+        Mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        Mount("/dev/pts", "devpts", "devpts",
+              ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        Mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777",
+                                           "size=65536k"]),
+        Mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+        Mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+    ]
+    mounts += [Mount(d, "bind", d, ["bind", "nosuid", "noexec"]) for d in DEVICES]
+    return mounts
+
+
+def capabilities_for(user: ExecUser, add: list[str], drop: list[str]) -> Capabilities:
+    """podman's rule: root gets the set in E/P/B; others get it in B only, plus any
+    explicitly added capabilities in every set (ambient included) so they survive exec."""
+    bounding = capmod.resolve(add, drop)
+    if user.uid == 0:
+        return Capabilities(bounding=bounding, effective=bounding, permitted=bounding)
+    added = [c for c in capmod.resolve(add, ["ALL"]) if c in bounding]
+    return Capabilities(bounding=bounding, effective=added, permitted=added,
+                        inheritable=added, ambient=added)
+
+
+def generate(
+    opts: RunOptions,
+    user: ExecUser,
+    uid_maps: list[IdMapping],
+    gid_maps: list[IdMapping],
+    host_env: Mapping[str, str],
+    container_id: str,
+    cwd: str,
+    etc_files: Mapping[str, str] | None = None,
+) -> Spec:
+    """The spec for one `sbx run`. `etc_files` maps container paths (/etc/hosts) to the
+    host files generated for them."""
+    if not opts.args:
+        raise UsageError("no command given", hint="sbx run --rootfs DIR [--] COMMAND [ARG...]")
+    hostname = opts.hostname or container_id[:12]
+    base_env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}", "container=sbx",
+                f"HOME={user.home or '/'}"]
+    if opts.tty:
+        base_env.append("TERM=" + host_env.get("TERM", "xterm"))
+    env_files = [parse_env_file(p, t, host_env) for p, t in opts.env_file_text]
+    env = merge_env([base_env, *env_files, opts.env], host_env)
+
+    workdir = opts.workdir or "/"
+    if not workdir.startswith("/"):
+        raise UsageError(f"invalid --workdir {workdir!r}: it must be an absolute path")
+
+    mounts = default_mounts(opts.network)
+    for dest, src in (etc_files or {}).items():
+        mounts.append(Mount(dest, "bind", src, ["bind"]))
+    mounts += [parse_volume(v, cwd) for v in opts.volumes]
+    mounts += [parse_tmpfs(t) for t in opts.tmpfs]
+
+    namespaces = [n for n in NAMESPACES if n != "network"]
+    if opts.network == "none":
+        namespaces.append("network")
+    elif opts.network != "host":
+        raise UsageError(f"unsupported --network {opts.network!r}",
+                         hint="use --network host or --network none")
+
+    return Spec(
+        process=Process(
+            args=list(opts.args),
+            env=env,
+            cwd=workdir,
+            user=User(user.uid, user.gid, list(user.additional_gids), user.name),
+            terminal=opts.tty,
+            capabilities=capabilities_for(user, opts.cap_add, opts.cap_drop),
+        ),
+        root=Root(os.path.abspath(opts.rootfs), opts.read_only),
+        hostname=hostname,
+        mounts=mounts,
+        linux=Linux(
+            namespaces=namespaces,
+            uid_mappings=uid_maps,
+            gid_mappings=gid_maps,
+            masked_paths=list(MASKED_PATHS),
+            readonly_paths=list(READONLY_PATHS),
+        ),
+        init=opts.init,
+    )
