@@ -78,7 +78,10 @@ def cli() -> None:
 
 def main() -> None:
     try:
-        cli.main(prog_name="sbx", standalone_mode=False)
+        # In non-standalone mode click returns ctx.exit(N)'s code instead of exiting.
+        rv = cli.main(prog_name="sbx", standalone_mode=False)
+        if isinstance(rv, int):
+            sys.exit(rv)
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(EXIT_SBX)

@@ -13,7 +13,6 @@ single-id map itself, which any unprivileged process may do for its own child.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,23 +100,27 @@ def plan(uid: int, gid: int, user: str, keep_id: bool) -> MapPlan:
 
     uid_ranges = [Range(r.start, r.count) for r in read_subid_ranges("uid", user, uid)]
     gid_ranges = [Range(r.start, r.count) for r in read_subid_ranges("gid", user, uid)]
-    helpers = bool(shutil.which("newuidmap") and shutil.which("newgidmap"))
-    warning = None
-    if uid_ranges and gid_ranges and helpers:
-        builder = keep_id_maps if keep_id else default_maps
-        return MapPlan(builder(uid, uid_ranges), builder(gid, gid_ranges), True)
     if not uid_ranges or not gid_ranges:
         warning = (
             f"no subordinate id ranges for user {user} in /etc/subuid and /etc/subgid: "
             "running with a single-id map, so only your own uid exists inside; "
             f"fix: sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
         )
-    else:
-        warning = (
-            "newuidmap/newgidmap not found: running with a single-id map; "
-            "fix: sudo apt-get install uidmap"
-        )
-    return MapPlan(single_maps(uid, keep_id), single_maps(gid, keep_id), False, warning)
+        return MapPlan(single_maps(uid, keep_id), single_maps(gid, keep_id), False, warning)
+    # The same probe `sbx system check` runs: present, executable, setuid root or
+    # with file capabilities, and not on a nosuid mount.
+    from sandbox.system.checks import CAP_SETGID, CAP_SETUID, check_idmap_helper
+
+    for name, cap in (("newuidmap", CAP_SETUID), ("newgidmap", CAP_SETGID)):
+        check = check_idmap_helper(name, cap, ranges_configured=True)
+        if check.status != "ok":
+            warning = f"{check.detail}; running with a single-id map"
+            if check.fix:
+                warning += f"; fix: {check.fix}"
+            return MapPlan(single_maps(uid, keep_id), single_maps(gid, keep_id), False,
+                           warning)
+    builder = keep_id_maps if keep_id else default_maps
+    return MapPlan(builder(uid, uid_ranges), builder(gid, gid_ranges), True)
 
 
 def _helper_args(pid: int, maps: Sequence[IdMapping]) -> list[str]:
