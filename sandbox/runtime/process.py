@@ -279,11 +279,13 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             _die(err_w, exc)
     child_sock.close()
     os.close(err_w)
-    container = 0
+    intermediate = pid1  # 0 once reaped
+    container = 0  # 0 once reaped
     master = -1
     try:
         if parent_sock.recv(64) != b"userns":
             os.waitpid(pid1, 0)
+            intermediate = 0
             raise _decode_error(_read_all(err_r))
         try:
             idmap.apply(pid1, maps)
@@ -291,6 +293,7 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             parent_sock.send(b"mapped")
         msg = parent_sock.recv(64)
         os.waitpid(pid1, 0)
+        intermediate = 0
         if not msg.startswith(b"pid:"):
             raise _decode_error(_read_all(err_r))
         container = int(msg[4:])
@@ -314,13 +317,12 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             container = 0
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
-    except BaseException:
-        if container:
-            _kill_and_reap(container)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid1, os.WNOHANG)
-        raise
     finally:
+        # On any failure (an error, Ctrl-C during setup) nothing may be left running;
+        # the container's pid namespace takes its other processes with it.
+        for pid in (container, intermediate):
+            if pid:
+                _kill_and_reap(pid)
         parent_sock.close()
         os.close(err_r)
         if master >= 0:
