@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sandbox.cli.run:run", "Run a command in a new container."),
     "system": ("sandbox.cli.system:system", "Check and describe the host."),
     "info": ("sandbox.cli.system:info", "Show how sbx sees this host (--check to check it)."),
+    "unshare": ("sandbox.cli.unshare:unshare", "Run a command as root of your user namespace."),
 }
 
 

@@ -7,7 +7,6 @@ and profiles arrive with their issues and plug in before `specgen.generate`.
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
 import sys
@@ -77,14 +76,9 @@ def run(rootfs: str, env: tuple[str, ...], env_file: tuple[str, ...], workdir: s
         cap_add=list(cap_add), cap_drop=list(cap_drop), interactive=interactive, tty=tty,
         init=init, userns=userns, network=network,
     )
-    uid, gid = os.getuid(), os.getgid()
+    uid, gid, username, home = idmap.current_user()
     if uid == 0:
         warn("running sbx as root: the container's root is the host's root")
-    try:
-        me = pwd.getpwuid(uid)
-        username, home = me.pw_name, me.pw_dir
-    except KeyError:
-        username, home = str(uid), "/"
     keep_id = userns == "keep-id"
     maps = idmap.plan(uid, gid, username, keep_id)
     if maps.warning:

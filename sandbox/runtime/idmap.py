@@ -123,6 +123,23 @@ def plan(uid: int, gid: int, user: str, keep_id: bool) -> MapPlan:
     return MapPlan(builder(uid, uid_ranges), builder(gid, gid_ranges), True)
 
 
+def current_user() -> tuple[int, int, str, str]:
+    """(uid, gid, name, home) of the user running sbx."""
+    import pwd
+
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        me = pwd.getpwuid(uid)
+    except KeyError:
+        return uid, gid, str(uid), "/"
+    return uid, gid, me.pw_name, me.pw_dir
+
+
+def plan_for_current_user(keep_id: bool = False) -> MapPlan:
+    uid, gid, name, _home = current_user()
+    return plan(uid, gid, name, keep_id)
+
+
 def _helper_args(pid: int, maps: Sequence[IdMapping]) -> list[str]:
     args = [str(pid)]
     for m in maps:
