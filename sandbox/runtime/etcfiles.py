@@ -7,6 +7,7 @@ own, as podman does, so the rootfs itself is never changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from sandbox.runtime.securejoin import secure_join
@@ -67,6 +68,19 @@ def write(state_dir: str, rootfs: str, hostname: str, network: str,
         os.chmod(host, 0o644)
         out[dest] = host
     return out
+
+
+def remove(state_dir: str) -> None:
+    """Remove what `write` made (a flat directory; no shutil on the hot path)."""
+    try:
+        names = os.listdir(state_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(state_dir)
 
 
 def _read_root(rootfs: str, path: str) -> str:

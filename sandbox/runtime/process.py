@@ -21,19 +21,19 @@ so only the CLI prints them.
 
 from __future__ import annotations
 
+import _socket  # socket.py costs ~1.7 ms (its enums); the C module is enough
 import contextlib
 import errno
-import json
+import marshal
 import os
 import signal
-import socket
 import sys as _sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from sandbox.errors import EXIT_SBX, ExecError, SbxError, SyscallError
 from sandbox.runtime import caps as capmod
-from sandbox.runtime import idmap, rootfs, terminal
+from sandbox.runtime import idmap, rootfs
 from sandbox.runtime import syscalls as sc
 from sandbox.runtime.spec import Spec
 
@@ -69,8 +69,8 @@ def _encode_error(exc: BaseException) -> dict[str, Any]:
 
 def _decode_error(data: bytes) -> SbxError:
     try:
-        info = json.loads(data.decode())
-    except (ValueError, UnicodeDecodeError):
+        info = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
         return SbxError(f"container setup failed: {data[:200]!r}")
     kind = info.get("kind")
     if kind == "exec":
@@ -83,11 +83,19 @@ def _decode_error(data: bytes) -> SbxError:
 
 
 def _die(err_w: int, exc: BaseException) -> NoReturn:
-    """Report an error from a child process to the parent and exit."""
-    code = getattr(exc, "exit_code", EXIT_SBX)
-    with contextlib.suppress(OSError):
-        os.write(err_w, json.dumps(_encode_error(exc)).encode())
-    os._exit(code)
+    """Report an error from a child process to the parent and exit; never returns.
+
+    After pivot_root the host's Python library is gone, so nothing here may import
+    from disk: marshal is a builtin module.
+    """
+    code = EXIT_SBX
+    try:
+        code = getattr(exc, "exit_code", EXIT_SBX)
+        os.write(err_w, marshal.dumps(_encode_error(exc)))
+    except BaseException:  # a forked child must never unwind into sbx's own stack
+        pass
+    finally:
+        os._exit(code)
 
 
 # -- the container side --------------------------------------------------------------
@@ -166,7 +174,7 @@ def _init_loop(child: int) -> NoReturn:
             os._exit(128 - code if code < 0 else code)
 
 
-def _container(spec: Spec, sock: socket.socket, err_w: int, sys: sc.Syscalls,
+def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
                interactive: bool) -> NoReturn:
     os.setsid()
     if spec.has_namespace("uts") and spec.hostname:
@@ -175,11 +183,18 @@ def _container(spec: Spec, sock: socket.socket, err_w: int, sys: sc.Syscalls,
         from sandbox.runtime.network import loopback_up
 
         loopback_up()
+    # Everything the child needs from disk must be imported before pivot_root: after
+    # it, the host's Python library is no longer visible.
+    if spec.process.terminal:
+        import array  # noqa: F401 - socket.send_fds imports it lazily
+        import socket
+
+        from sandbox.runtime import terminal
     rootfs.setup(spec, sys)
     slave = -1
     if spec.process.terminal:
         master, slave = terminal.open_pty_in_container()
-        socket.send_fds(sock, [b"pty"], [master])
+        socket.send_fds(sock, [b"pty"], [master])  # type: ignore[arg-type]
         os.close(master)
     if sock.recv(16) != b"go":
         os._exit(EXIT_SBX)  # sbx went away before we started
@@ -210,7 +225,7 @@ def _container(spec: Spec, sock: socket.socket, err_w: int, sys: sc.Syscalls,
     _exec(spec, err_w)
 
 
-def _intermediate(spec: Spec, sock: socket.socket, err_w: int, sys: sc.Syscalls,
+def _intermediate(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
                   interactive: bool) -> NoReturn:
     sys.unshare(sc.CLONE_NEWUSER)
     sock.send(b"userns")
@@ -264,7 +279,8 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
     """Run the container in the foreground; return its exit status as a shell would."""
     sys = sys or sc.Syscalls()
     sc.libc()  # load libc before forking, once
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # SOCK_SEQPACKET keeps message boundaries; the fds are O_CLOEXEC.
+    parent_sock, child_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0)
     err_r, err_w = os.pipe()  # both O_CLOEXEC (PEP 446)
     sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     _sys.stdout.flush()
@@ -277,6 +293,8 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             _intermediate(spec, child_sock, err_w, sys, interactive)
         except BaseException as exc:  # must never return into sbx
             _die(err_w, exc)
+        finally:
+            os._exit(EXIT_SBX)
     child_sock.close()
     os.close(err_w)
     intermediate = pid1  # 0 once reaped
@@ -298,7 +316,11 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             raise _decode_error(_read_all(err_r))
         container = int(msg[4:])
         if spec.process.terminal:
-            _data, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
+            import socket
+
+            from sandbox.runtime import terminal
+
+            _data, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)  # type: ignore[arg-type]
             if not fds:
                 raise _decode_error(_read_all(err_r))
             master = fds[0]

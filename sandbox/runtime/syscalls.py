@@ -14,9 +14,7 @@ errno text, as crun's `crun_make_error` and runc's `mountError` do.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.errors import SyscallError
@@ -88,7 +86,13 @@ _libc: ctypes.CDLL | None = None
 def libc() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        try:
+            # The glibc soname; find_library would fork /sbin/ldconfig on every run.
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:  # musl and others
+            from ctypes.util import find_library
+
+            _libc = ctypes.CDLL(find_library("c"), use_errno=True)
     return _libc
 
 
@@ -172,12 +176,12 @@ class Syscalls:
         _check(libc().sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
 
 
-@dataclass
 class RecordingSyscalls(Syscalls):
     """A fake that records every call instead of making it, for unit tests."""
 
-    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    fail: dict[str, int] = field(default_factory=dict)  # op name -> errno to raise
+    def __init__(self, fail: dict[str, int] | None = None) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.fail = fail or {}  # op name -> errno to raise
 
     def _record(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))

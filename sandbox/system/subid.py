@@ -14,8 +14,8 @@ lib/subordinateio.c), and so does this reader. Ranges served through nsswitch's
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from sandbox.errors import SbxError
@@ -68,7 +68,7 @@ def parse_subid(text: str, user: str, uid: int) -> list[tuple[int, int]]:
 
 
 def read_subid_ranges(
-    kind: Literal["uid", "gid"], user: str, uid: int, path: str | Path | None = None
+    kind: Literal["uid", "gid"], user: str, uid: int, path: str | os.PathLike[str] | None = None
 ) -> list[SubIdRange]:
     """Read the current user's ranges from /etc/subuid (kind "uid") or /etc/subgid.
 
@@ -78,9 +78,11 @@ def read_subid_ranges(
     """
     if kind not in SUBID_FILES:
         raise ValueError(f"kind must be 'uid' or 'gid', not {kind!r}")
-    file = Path(path) if path is not None else Path(SUBID_FILES[kind])
+    # Plain open(), not pathlib: this runs on every `sbx run`, where imports count.
+    file = os.fspath(path) if path is not None else SUBID_FILES[kind]
     try:
-        text = file.read_text(encoding="utf-8", errors="replace")
+        with open(file, encoding="utf-8", errors="replace") as f:
+            text = f.read()
     except FileNotFoundError:
         return []
     except OSError as exc:
