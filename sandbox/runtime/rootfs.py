@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sandbox.errors import SbxError, SyscallError
 from sandbox.runtime import syscalls as sc
@@ -61,8 +61,7 @@ _LOCKED = (
 )
 
 
-@dataclass(frozen=True)
-class MountOptions:
+class MountOptions(NamedTuple):
     flags: int
     propagation: int
     data: str
@@ -85,8 +84,7 @@ def parse_options(options: list[str]) -> MountOptions:
     return MountOptions(flags, propagation, ",".join(data))
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One thing to do to the new root; `dest` is a path inside the container."""
 
     kind: str  # mount | bind | symlink | mask | readonly | mkdir
@@ -94,7 +92,6 @@ class Step:
     source: str | None = None
     fstype: str | None = None
     options: tuple[str, ...] = ()
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 DEV_SYMLINKS = (

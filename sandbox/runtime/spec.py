@@ -8,14 +8,14 @@ from it lives in `process` and `rootfs`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from sandbox.runtime.record import Record
 
 NAMESPACES = ("user", "mount", "pid", "uts", "ipc", "cgroup", "network")
 
 
-@dataclass(frozen=True)
-class IdMapping:
+class IdMapping(NamedTuple):
     """One line of /proc/PID/uid_map: container ids [c, c+size) are host [h, h+size)."""
 
     container_id: int
@@ -26,75 +26,114 @@ class IdMapping:
         return {"containerID": self.container_id, "hostID": self.host_id, "size": self.size}
 
 
-@dataclass
-class Capabilities:
-    bounding: list[str] = field(default_factory=list)
-    effective: list[str] = field(default_factory=list)
-    permitted: list[str] = field(default_factory=list)
-    inheritable: list[str] = field(default_factory=list)
-    ambient: list[str] = field(default_factory=list)
+class Capabilities(Record):
+    __slots__ = ("ambient", "bounding", "effective", "inheritable", "permitted")
+
+    def __init__(self, bounding: list[str] | None = None, effective: list[str] | None = None,
+                 permitted: list[str] | None = None, inheritable: list[str] | None = None,
+                 ambient: list[str] | None = None) -> None:
+        self.bounding = bounding or []
+        self.effective = effective or []
+        self.permitted = permitted or []
+        self.inheritable = inheritable or []
+        self.ambient = ambient or []
 
 
-@dataclass
-class User:
-    uid: int = 0
-    gid: int = 0
-    additional_gids: list[int] = field(default_factory=list)
-    username: str | None = None
+class User(Record):
+    __slots__ = ("additional_gids", "gid", "uid", "username")
+
+    def __init__(self, uid: int = 0, gid: int = 0, additional_gids: list[int] | None = None,
+                 username: str | None = None) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.additional_gids = additional_gids or []
+        self.username = username
 
 
-@dataclass
-class Process:
-    args: list[str]
-    env: list[str] = field(default_factory=list)
-    cwd: str = "/"
-    user: User = field(default_factory=User)
-    terminal: bool = False
-    capabilities: Capabilities = field(default_factory=Capabilities)
-    no_new_privileges: bool = True
+class Process(Record):
+    __slots__ = (
+        "args",
+        "capabilities",
+        "cwd",
+        "env",
+        "no_new_privileges",
+        "terminal",
+        "user",
+    )
+
+    def __init__(self, args: list[str], env: list[str] | None = None, cwd: str = "/",
+                 user: User | None = None, terminal: bool = False,
+                 capabilities: Capabilities | None = None,
+                 no_new_privileges: bool = True) -> None:
+        self.args = args
+        self.env = env or []
+        self.cwd = cwd
+        self.user = user or User()
+        self.terminal = terminal
+        self.capabilities = capabilities or Capabilities()
+        self.no_new_privileges = no_new_privileges
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     """A mount in the container; `options` are OCI/fstab words ("ro", "mode=755")."""
 
-    destination: str
-    type: str = "bind"
-    source: str | None = None
-    options: list[str] = field(default_factory=list)
+    __slots__ = ("destination", "options", "source", "type")
+
+    def __init__(self, destination: str, type: str = "bind", source: str | None = None,
+                 options: list[str] | None = None) -> None:
+        self.destination = destination
+        self.type = type
+        self.source = source
+        self.options = options or []
 
     @property
     def is_bind(self) -> bool:
         return self.type == "bind" or "bind" in self.options or "rbind" in self.options
 
 
-@dataclass
-class Root:
-    path: str
-    readonly: bool = False
+class Root(Record):
+    __slots__ = ("path", "readonly")
+
+    def __init__(self, path: str, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
 
 
-@dataclass
-class Linux:
-    namespaces: list[str] = field(default_factory=lambda: list(NAMESPACES[:-1]))
-    uid_mappings: list[IdMapping] = field(default_factory=list)
-    gid_mappings: list[IdMapping] = field(default_factory=list)
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
+class Linux(Record):
+    __slots__ = (
+        "gid_mappings",
+        "masked_paths",
+        "namespaces",
+        "readonly_paths",
+        "uid_mappings",
+    )
+
+    def __init__(self, namespaces: list[str] | None = None,
+                 uid_mappings: list[IdMapping] | None = None,
+                 gid_mappings: list[IdMapping] | None = None,
+                 masked_paths: list[str] | None = None,
+                 readonly_paths: list[str] | None = None) -> None:
+        self.namespaces = list(NAMESPACES[:-1]) if namespaces is None else namespaces
+        self.uid_mappings = uid_mappings or []
+        self.gid_mappings = gid_mappings or []
+        self.masked_paths = masked_paths or []
+        self.readonly_paths = readonly_paths or []
 
 
-@dataclass
-class Spec:
-    process: Process
-    root: Root
-    hostname: str = ""
-    mounts: list[Mount] = field(default_factory=list)
-    linux: Linux = field(default_factory=Linux)
-    annotations: dict[str, str] = field(default_factory=dict)
-    # Not in the runtime-spec: run a small reaping init as pid 1 (docker --init).
-    init: bool = False
-    # Not in the runtime-spec: where the generated /etc files were written.
-    state_dir: str | None = None
+class Spec(Record):
+    __slots__ = ("annotations", "hostname", "init", "linux", "mounts", "process", "root")
+
+    def __init__(self, process: Process, root: Root, hostname: str = "",
+                 mounts: list[Mount] | None = None, linux: Linux | None = None,
+                 annotations: dict[str, str] | None = None, init: bool = False) -> None:
+        self.process = process
+        self.root = root
+        self.hostname = hostname
+        self.mounts = mounts or []
+        self.linux = linux or Linux()
+        self.annotations = annotations or {}
+        # Not in the runtime-spec: run a small reaping init as pid 1 (docker --init).
+        self.init = init
 
     def has_namespace(self, kind: str) -> bool:
         return kind in self.linux.namespaces
@@ -114,13 +153,13 @@ class Spec:
                 "args": proc.args,
                 "env": proc.env,
                 "cwd": proc.cwd,
-                "capabilities": asdict(proc.capabilities),
+                "capabilities": proc.capabilities.as_dict(),
                 "noNewPrivileges": proc.no_new_privileges,
             },
             "root": {"path": self.root.path, "readonly": self.root.readonly},
             "hostname": self.hostname,
             "mounts": [
-                {k: v for k, v in asdict(m).items() if v is not None} for m in self.mounts
+                {k: v for k, v in m.as_dict().items() if v is not None} for m in self.mounts
             ],
             "linux": {
                 "namespaces": [{"type": n} for n in self.linux.namespaces],

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from sandbox.errors import UsageError
 from sandbox.runtime import caps as capmod
+from sandbox.runtime.record import Record
 from sandbox.runtime.spec import (
     NAMESPACES,
     Capabilities,
@@ -56,27 +56,66 @@ READONLY_PATHS = (
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
 
 
-@dataclass
-class RunOptions:
+class RunOptions(Record):
     """What the user asked for on the command line (or, later, in a profile)."""
 
-    rootfs: str
-    args: list[str]
-    env: list[str] = field(default_factory=list)
-    env_file_text: list[tuple[str, str]] = field(default_factory=list)  # (path, content)
-    workdir: str | None = None
-    user: str | None = None
-    hostname: str | None = None
-    read_only: bool = False
-    volumes: list[str] = field(default_factory=list)
-    tmpfs: list[str] = field(default_factory=list)
-    cap_add: list[str] = field(default_factory=list)
-    cap_drop: list[str] = field(default_factory=list)
-    interactive: bool = False
-    tty: bool = False
-    init: bool = False
-    userns: str = ""  # "" (root maps to you) or "keep-id"
-    network: str = "host"  # host | none
+    __slots__ = (
+        "args",
+        "cap_add",
+        "cap_drop",
+        "env",
+        "env_file_text",
+        "hostname",
+        "init",
+        "interactive",
+        "network",
+        "read_only",
+        "rootfs",
+        "tmpfs",
+        "tty",
+        "user",
+        "userns",
+        "volumes",
+        "workdir",
+    )
+
+    def __init__(
+        self,
+        rootfs: str,
+        args: list[str],
+        env: list[str] | None = None,
+        env_file_text: list[tuple[str, str]] | None = None,  # (path, content)
+        workdir: str | None = None,
+        user: str | None = None,
+        hostname: str | None = None,
+        read_only: bool = False,
+        volumes: list[str] | None = None,
+        tmpfs: list[str] | None = None,
+        cap_add: list[str] | None = None,
+        cap_drop: list[str] | None = None,
+        interactive: bool = False,
+        tty: bool = False,
+        init: bool = False,
+        userns: str = "",  # "" (root maps to you) or "keep-id"
+        network: str = "host",  # host | none
+    ) -> None:
+        self.rootfs = rootfs
+        self.args = args
+        self.env = env or []
+        self.env_file_text = env_file_text or []
+        self.workdir = workdir
+        self.user = user
+        self.hostname = hostname
+        self.read_only = read_only
+        self.volumes = volumes or []
+        self.tmpfs = tmpfs or []
+        self.cap_add = cap_add or []
+        self.cap_drop = cap_drop or []
+        self.interactive = interactive
+        self.tty = tty
+        self.init = init
+        self.userns = userns
+        self.network = network
 
 
 def parse_env_file(path: str, text: str, host_env: Mapping[str, str]) -> list[str]:

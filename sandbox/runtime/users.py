@@ -8,14 +8,14 @@ Parsing is pure; only `lookup` reads files, through `secure_join`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sandbox.errors import SbxError
+from sandbox.runtime.record import Record
 from sandbox.runtime.securejoin import secure_join
 
 
-@dataclass(frozen=True)
-class PasswdEntry:
+class PasswdEntry(NamedTuple):
     name: str
     uid: int
     gid: int
@@ -23,20 +23,24 @@ class PasswdEntry:
     shell: str
 
 
-@dataclass(frozen=True)
-class GroupEntry:
+class GroupEntry(NamedTuple):
     name: str
     gid: int
     members: tuple[str, ...]
 
 
-@dataclass
-class ExecUser:
-    uid: int
-    gid: int
-    additional_gids: list[int] = field(default_factory=list)
-    name: str | None = None
-    home: str = "/"
+class ExecUser(Record):
+    """The numeric identity a container process runs with."""
+
+    __slots__ = ("additional_gids", "gid", "home", "name", "uid")
+
+    def __init__(self, uid: int, gid: int, additional_gids: list[int] | None = None,
+                 name: str | None = None, home: str = "/") -> None:
+        self.uid = uid
+        self.gid = gid
+        self.additional_gids = additional_gids or []
+        self.name = name
+        self.home = home
 
 
 def parse_passwd(text: str) -> list[PasswdEntry]:

@@ -15,8 +15,7 @@ lib/subordinateio.c), and so does this reader. Ranges served through nsswitch's
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sandbox.errors import SbxError
 
@@ -27,8 +26,7 @@ SUBID_FILES: dict[str, str] = {"uid": "/etc/subuid", "gid": "/etc/subgid"}
 FULL_RANGE = 65536
 
 
-@dataclass(frozen=True)
-class SubIdRange:
+class SubIdRange(NamedTuple):
     """`count` subordinate ids starting at `start` on the host."""
 
     start: int
