@@ -27,7 +27,7 @@ PACKAGES=(
     uidmap bubblewrap busybox-static fuse3 libfuse3-dev pkg-config
     python3-venv python3-dev gcc
     podman runc slirp4netns passt fuse-overlayfs catatonit
-    hyperfine skopeo docker-registry openssl
+    hyperfine skopeo docker-registry openssl apache2-utils zstd
     iproute2 procps util-linux
 )
 
