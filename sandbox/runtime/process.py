@@ -27,6 +27,7 @@ import errno
 import marshal
 import os
 import signal
+import stat
 import sys as _sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -36,6 +37,7 @@ from sandbox.runtime import caps as capmod
 from sandbox.runtime import idmap, rootfs
 from sandbox.runtime import syscalls as sc
 from sandbox.runtime.spec import Spec
+from sandbox.runtime.specgen import INIT_PATH
 
 _NS_FLAGS = {
     "mount": sc.CLONE_NEWNS,
@@ -120,6 +122,8 @@ def _apply_credentials(spec: Spec, sys: sc.Syscalls) -> None:
         raise SyscallError(f"switch to gid {user.gid}", exc.errno or errno.EINVAL, None,
                            "that group is not mapped into the container's user namespace"
                            ) from None
+    if user.uid != 0:
+        _give_stdio_to(user.uid, user.gid, proc.terminal)
     ambient = proc.capabilities.ambient
     if user.uid != 0 and ambient:
         sys.prctl(sc.PR_SET_KEEPCAPS, 1)
@@ -138,9 +142,56 @@ def _apply_credentials(spec: Spec, sys: sc.Syscalls) -> None:
         sys.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def _give_stdio_to(uid: int, gid: int, terminal: bool) -> None:
+    """Let a non-root container user reopen its own stdio (/dev/stdout, `tty`).
+
+    The pipes and the pty belong to the container's root (the user on the host), so
+    uid 1000 inside could not open /proc/self/fd/1 again. runc's fixStdioPermissions
+    chowns them; unlike runc, sbx leaves character devices alone unless they are the
+    container's own pty: chowning the user's host terminal to a subordinate id would
+    lock the user out of it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if st.st_uid == uid:
+            continue
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) or (
+            terminal and stat.S_ISCHR(st.st_mode)
+        ):
+            with contextlib.suppress(OSError):
+                os.fchown(fd, uid, gid)
+
+
+def _find_executable(name: str, env: dict[str, str]) -> str:
+    """The path execvp(3) would run for `name`, in the container's PATH; raises
+    ExecError with ENOENT (127) or EACCES (126) as exec itself would report."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        candidates = [os.path.join(d or ".", name) for d in path.split(":")]
+    denied = False
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+        # execvp(3) remembers EACCES for an entry that exists but cannot be run (a
+        # directory, a file without x) and reports it if nothing else is found.
+        denied = denied or os.path.exists(candidate)
+    raise ExecError(name, errno.EACCES if denied else errno.ENOENT)
+
+
 def _exec(spec: Spec, err_w: int) -> NoReturn:
     args = spec.process.args
     env = dict(e.split("=", 1) for e in spec.process.env if "=" in e)
+    if spec.init:
+        # catatonit (podman's init, bind-mounted by specgen) as pid 1 reaps zombies and
+        # forwards signals. It is exec'd, not forked from sbx, so pid 1 carries none of
+        # sbx's memory, environment or descriptors. It reports a failed exec only as
+        # status 1, so the command is found here first, to keep 126/127.
+        args = [INIT_PATH, "--", _find_executable(args[0], env), *args[1:]]
     # Close everything sbx itself inherited; only stdio and the error pipe (CLOEXEC)
     # cross into the container (podman leaks nothing without --preserve-fds).
     os.closerange(3, err_w)
@@ -151,27 +202,6 @@ def _exec(spec: Spec, err_w: int) -> NoReturn:
         err = ExecError(args[0], exc.errno or errno.ENOENT)
         _die(err_w, err)
     raise AssertionError("unreachable")
-
-
-def _init_loop(child: int) -> NoReturn:
-    """A minimal reaping init (docker --init, tini): forward signals, reap, pass status."""
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
-
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(sig, forward)
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            os._exit(EXIT_SBX)
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(128 - code if code < 0 else code)
 
 
 def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
@@ -213,15 +243,6 @@ def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
     # Die with sbx. Set last: a credential change clears the parent-death signal.
     sys.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.umask(0o022)
-    if spec.init:
-        child = os.fork()
-        if child == 0:
-            try:
-                _exec(spec, err_w)
-            except BaseException as exc:  # must never return into sbx
-                _die(err_w, exc)
-        os.close(err_w)
-        _init_loop(child)
     _exec(spec, err_w)
 
 

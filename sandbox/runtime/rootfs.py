@@ -177,9 +177,18 @@ class Executor:
         return found
 
     # -- steps -----------------------------------------------------------------------
-    def prepare_root(self) -> None:
+    def prepare_root(self, root_mount: Mount | None = None, mount_cwd: str | None = None
+                     ) -> None:
         # Slave, not private: host unmounts still reach us, ours never reach the host.
         self.sys.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE, None)
+        if root_mount is not None:
+            # The image's layers, mounted here in the container's own namespaces.
+            opts = parse_options(root_mount.options)
+            if mount_cwd:
+                os.chdir(mount_cwd)
+            self.sys.mount(root_mount.source, self.rootfs, root_mount.type, opts.flags,
+                           opts.data or None)
+            return  # already a mount point
         # pivot_root needs the new root to be a mount point.
         self.sys.mount(self.rootfs, self.rootfs, None, sc.MS_BIND | sc.MS_REC, None)
 
@@ -302,7 +311,7 @@ def setup(spec: Spec, sys: sc.Syscalls) -> None:
     if not os.path.isdir(spec.root.path):
         raise SbxError(f"rootfs {spec.root.path} is not a directory")
     ex = Executor(spec.root.path, sys)
-    ex.prepare_root()
+    ex.prepare_root(spec.root.mount, spec.root.mount_cwd)
     for step in plan(spec):
         ex.run(step)
     ex.finish(spec.root.readonly)

@@ -92,11 +92,25 @@ class Mount(Record):
 
 
 class Root(Record):
-    __slots__ = ("path", "readonly")
+    """The container's root filesystem.
 
-    def __init__(self, path: str, readonly: bool = False) -> None:
+    `mount` is an sbx extension to the runtime-spec: a filesystem to mount on `path`
+    inside the container's mount namespace before anything else (the union of an
+    image's layers). A rootless overlay must be mounted from inside the user
+    namespace that owns it, so it cannot be prepared beforehand as runc expects.
+    `mount_cwd` is where that mount's relative paths start (overlay's lowerdir list
+    must fit in one page; relative paths keep it short, as containers/storage's
+    "l/" links do).
+    """
+
+    __slots__ = ("path", "readonly", "mount", "mount_cwd")
+
+    def __init__(self, path: str, readonly: bool = False, mount: Mount | None = None,
+                 mount_cwd: str | None = None) -> None:
         self.path = path
         self.readonly = readonly
+        self.mount = mount
+        self.mount_cwd = mount_cwd
 
 
 class Linux(Record):

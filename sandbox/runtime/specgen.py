@@ -26,6 +26,12 @@ from sandbox.runtime.spec import (
 )
 from sandbox.runtime.users import ExecUser
 
+# Where the init binary appears in a container run with --init, as podman's
+# /run/podman-init. catatonit is podman's own init: static, so it runs in any rootfs.
+INIT_PATH = "/run/sbx-init"
+INIT_CANDIDATES = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit",
+                   "/usr/libexec/catatonit/catatonit")
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # podman's defaults (containers/common pkg/config: DefaultMaskedPaths,
@@ -214,6 +220,15 @@ def capabilities_for(user: ExecUser, add: list[str], drop: list[str]) -> Capabil
                         inheritable=added, ambient=added)
 
 
+def find_init(candidates: Sequence[str] = INIT_CANDIDATES) -> str:
+    """The init binary for --init (a stat per candidate: cheap, and only with --init)."""
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    raise UsageError("--init needs catatonit, which is not installed",
+                     hint="sudo apt-get install catatonit")
+
+
 def generate(
     opts: RunOptions,
     user: ExecUser,
@@ -243,6 +258,8 @@ def generate(
     mounts = default_mounts(opts.network)
     for dest, src in (etc_files or {}).items():
         mounts.append(Mount(dest, "bind", src, ["bind"]))
+    if opts.init:
+        mounts.append(Mount(INIT_PATH, "bind", find_init(), ["bind", "ro"]))
     mounts += [parse_volume(v, cwd) for v in opts.volumes]
     mounts += [parse_tmpfs(t) for t in opts.tmpfs]
 
