@@ -25,6 +25,11 @@ def data_dir() -> str:
     return os.path.join(base, "sbx")
 
 
+def storage_dir() -> str:
+    """The image store's root (sandbox.images.store.Store owns everything under it)."""
+    return os.path.join(data_dir(), "storage")
+
+
 def config_dir() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(_home(), ".config")
     return os.path.join(base, "sbx")

@@ -23,6 +23,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "system": ("sandbox.cli.system:system", "Check and describe the host."),
     "info": ("sandbox.cli.system:info", "Show how sbx sees this host (--check to check it)."),
     "unshare": ("sandbox.cli.unshare:unshare", "Run a command as root of your user namespace."),
+    "pull": ("sandbox.cli.pull:pull", "Pull an image from a registry."),
+    "push": ("sandbox.cli.push:push", "Push an image to a registry."),
+    "login": ("sandbox.cli.login:login", "Log in to a registry."),
+    "logout": ("sandbox.cli.login:logout", "Log out of a registry."),
+    "images": ("sandbox.cli.images:images", "List images."),
+    "image": ("sandbox.cli.image:image", "Manage images (inspect, prune, ls, rm, ...)."),
+    "rmi": ("sandbox.cli.rmi:rmi", "Remove images."),
+    "tag": ("sandbox.cli.tag:tag", "Add names to an image."),
+    "save": ("sandbox.cli.save:save", "Write an image to an archive."),
+    "load": ("sandbox.cli.load:load", "Load images from an archive."),
 }
 
 

@@ -62,7 +62,7 @@ def run(rootfs: str, env: tuple[str, ...], env_file: tuple[str, ...], workdir: s
     if not os.path.isdir(rootfs):
         raise UsageError(f"rootfs {rootfs} is not a directory",
                          hint="--rootfs takes a folder holding a root filesystem")
-    if userns not in ("", "keep-id", "auto"):
+    if userns not in ("", "keep-id"):
         raise UsageError(f"unsupported --userns {userns!r}", hint="use --userns=keep-id")
     if network not in ("host", "none"):
         raise UsageError(f"unsupported --network {network!r}",

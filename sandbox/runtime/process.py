@@ -29,7 +29,6 @@ import os
 import signal
 import stat
 import sys as _sys
-from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from sandbox.errors import EXIT_SBX, ExecError, SbxError, SyscallError
@@ -228,6 +227,10 @@ def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
         os.close(master)
     if sock.recv(16) != b"go":
         os._exit(EXIT_SBX)  # sbx went away before we started
+    # "go" comes after sbx reaped the intermediate process, so sbx is our parent now
+    # (it is a child subreaper): die with it from here on. Not earlier: the signal
+    # would fire when the intermediate parent exits.
+    sys.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if slave >= 0:
         terminal.make_controlling(slave)
     elif not interactive:
@@ -240,8 +243,15 @@ def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
         raise SyscallError("chdir to working directory", exc.errno or errno.ENOENT,
                            spec.process.cwd) from None
     _apply_credentials(spec, sys)
-    # Die with sbx. Set last: a credential change clears the parent-death signal.
+    # A credential change clears the parent-death signal (prctl(2)): set it again,
+    # then make sure sbx did not die in between (getppid() is 0 across the pid
+    # namespace, so ask the socket: a closed peer reads as b"").
     sys.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:
+        if sock.recv(1, _socket.MSG_DONTWAIT) == b"":
+            os._exit(EXIT_SBX)
+    except BlockingIOError:
+        pass
     os.umask(0o022)
     _exec(spec, err_w)
 
@@ -267,18 +277,65 @@ def _intermediate(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls
 
 
 # -- the sbx side --------------------------------------------------------------------
-@contextlib.contextmanager
-def _forward_signals(pid: int) -> Iterator[None]:
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+class _Forwarder:
+    """Forwards sbx's signals to the container, holding early ones until it can take
+    them.
 
-    old = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
+    Before the container has exec'd, and under --init until catatonit has blocked its
+    signals for its signalfd, the container's pid 1 has default actions, and the
+    kernel drops signals to a pid namespace's init that it does not handle. A Ctrl-C
+    in that window must not be lost: it is queued and sent once the init takes it.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ready = False
+        self.queue: list[int] = []
+        self.old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if not self.ready:
+            self.queue.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def __enter__(self) -> _Forwarder:
+        self.old = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self.old.items():
             signal.signal(sig, handler)
+
+    def start(self, init: bool) -> None:
+        """The command has exec'd: send what was held, then forward as they come."""
+        if self.queue and init:
+            _wait_until_blocked(self.pid, self.queue, timeout=1.0)
+        self.ready = True
+        while self.queue:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, self.queue.pop(0))
+
+
+def _wait_until_blocked(pid: int, sigs: list[int], timeout: float) -> None:
+    """Wait (briefly) until `pid` blocks `sigs`, as catatonit does for its signalfd."""
+    import time
+
+    want = 0
+    for sig in sigs:
+        want |= 1 << (sig - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                blocked = next((int(line.split()[1], 16) for line in f
+                                if line.startswith("SigBlk:")), 0)
+        except OSError:
+            return
+        if blocked & want == want:
+            return
+        time.sleep(0.001)
 
 
 def _read_all(fd: int) -> bytes:
@@ -348,12 +405,13 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             if os.isatty(0):
                 terminal.copy_winsize(0, master)
         parent_sock.send(b"go")
-        with _forward_signals(container):
+        with _Forwarder(container) as forwarder:
             failure = _read_all(err_r)  # EOF when exec succeeded (CLOEXEC)
             if failure:
                 os.waitpid(container, 0)
                 container = 0
                 raise _decode_error(failure)
+            forwarder.start(spec.init)
             if master >= 0:
                 terminal.relay(master, interactive, lambda: _alive(container))
             _pid, status = os.waitpid(container, 0)
