@@ -28,6 +28,7 @@ PACKAGES=(
     python3-venv python3-dev gcc
     podman runc slirp4netns passt fuse-overlayfs catatonit
     hyperfine skopeo docker-registry openssl apache2-utils zstd
+    mmdebstrap umoci gpg arch-test
     iproute2 procps util-linux
 )
 
