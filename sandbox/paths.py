@@ -53,6 +53,12 @@ def runtime_dir() -> str:
     return path
 
 
+def container_dir(container_id: str) -> str:
+    """Per-container storage (the writable layer): kept across reboots, as podman's
+    overlay-containers/."""
+    return os.path.join(data_dir(), "containers", container_id)
+
+
 def container_run_dir(container_id: str) -> str:
     """Per-container runtime files (generated /etc/hosts, hostname, resolv.conf)."""
     return os.path.join(runtime_dir(), "containers", container_id)

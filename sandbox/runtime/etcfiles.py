@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-
-from sandbox.runtime.securejoin import secure_join
+from collections.abc import Callable
 
 
 def _read_host(path: str) -> str:
@@ -42,7 +41,7 @@ def resolv_text(network: str) -> str:
     return _read_host("/etc/resolv.conf")
 
 
-def write(state_dir: str, rootfs: str, hostname: str, network: str,
+def write(state_dir: str, read: Callable[[str], str], hostname: str, network: str,
           keep_id_user: tuple[str, int, int, str] | None = None) -> dict[str, str]:
     """Write the files; return {container path: host path} for those to bind-mount."""
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -53,11 +52,11 @@ def write(state_dir: str, rootfs: str, hostname: str, network: str,
     }
     if keep_id_user is not None:
         name, uid, gid, home = keep_id_user
-        passwd = _read_root(rootfs, "/etc/passwd")
+        passwd = read("/etc/passwd")
         if not any(_field(ln, 2) == str(uid) for ln in passwd.splitlines()):
             entry = f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh\n"
             files["/etc/passwd"] = _ensure_nl(passwd) + entry
-        group = _read_root(rootfs, "/etc/group")
+        group = read("/etc/group")
         if not any(_field(ln, 2) == str(gid) for ln in group.splitlines()):
             files["/etc/group"] = _ensure_nl(group) + f"{name}:x:{gid}:\n"
     out = {}
@@ -81,14 +80,6 @@ def remove(state_dir: str) -> None:
             os.unlink(os.path.join(state_dir, name))
     with contextlib.suppress(OSError):
         os.rmdir(state_dir)
-
-
-def _read_root(rootfs: str, path: str) -> str:
-    try:
-        with open(secure_join(rootfs, path)) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def _field(line: str, n: int) -> str:

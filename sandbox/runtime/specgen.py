@@ -66,6 +66,7 @@ class RunOptions(Record):
     """What the user asked for on the command line (or, later, in a profile)."""
 
     __slots__ = (
+        "image_env",
         "args",
         "cap_add",
         "cap_drop",
@@ -104,6 +105,7 @@ class RunOptions(Record):
         init: bool = False,
         userns: str = "",  # "" (root maps to you) or "keep-id"
         network: str = "host",  # host | none
+        image_env: list[str] | None = None,  # the image config's Env, under -e
     ) -> None:
         self.rootfs = rootfs
         self.args = args
@@ -122,6 +124,7 @@ class RunOptions(Record):
         self.init = init
         self.userns = userns
         self.network = network
+        self.image_env = image_env or []
 
 
 def parse_env_file(path: str, text: str, host_env: Mapping[str, str]) -> list[str]:
@@ -249,7 +252,7 @@ def generate(
     if opts.tty:
         base_env.append("TERM=" + host_env.get("TERM", "xterm"))
     env_files = [parse_env_file(p, t, host_env) for p, t in opts.env_file_text]
-    env = merge_env([base_env, *env_files, opts.env], host_env)
+    env = merge_env([base_env, opts.image_env, *env_files, opts.env], host_env)
 
     workdir = opts.workdir or "/"
     if not workdir.startswith("/"):

@@ -8,6 +8,7 @@ Parsing is pure; only `lookup` reads files, through `secure_join`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from sandbox.errors import SbxError
@@ -109,23 +110,30 @@ def resolve(spec: str, passwd: list[PasswdEntry], groups: list[GroupEntry]) -> E
     return user
 
 
-def _read(root: str, path: str) -> str:
-    try:
-        with open(secure_join(root, path), encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return ""
-    except PermissionError as exc:
-        raise SbxError(f"can't read {path} in {root}: {exc.strerror}") from None
+Reader = Callable[[str], str]
+
+
+def dir_reader(root: str) -> Reader:
+    """Read files of a rootfs directory, resolving every link inside it."""
+
+    def read(path: str) -> str:
+        try:
+            with open(secure_join(root, path), encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return ""
+        except PermissionError as exc:
+            raise SbxError(f"can't read {path} in {root}: {exc.strerror}") from None
+
+    return read
+
+
+def lookup_with(read: Reader, spec: str) -> ExecUser:
+    """Resolve a --user value against the passwd and group files `read` returns
+    ("" for a missing file): a rootfs directory or an image's layers."""
+    return resolve(spec, parse_passwd(read("/etc/passwd")), parse_group(read("/etc/group")))
 
 
 def lookup(root: str, spec: str) -> ExecUser:
-    """Resolve a --user value against the rootfs at `root`."""
-    return resolve(spec, parse_passwd(_read(root, "/etc/passwd")),
-                   parse_group(_read(root, "/etc/group")))
-
-
-def passwd_line(name: str, uid: int, gid: int, home: str, shell: str = "/bin/sh") -> str:
-    """An /etc/passwd line, for the keep-id user podman adds to the container."""
-    return f"{name}:x:{uid}:{gid}:{name}:{home}:{shell}\n"
-
+    """Resolve a --user value against the rootfs directory `root`."""
+    return lookup_with(dir_reader(root), spec)

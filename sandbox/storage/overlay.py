@@ -12,9 +12,11 @@ and nothing needs cleaning up when the container exits.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 
 from sandbox.errors import SbxError
+from sandbox.runtime.securejoin import secure_join
 from sandbox.runtime.spec import Mount, Root
 
 # mount(2) data is limited to one page; overlayfs parses lowerdir from it.
@@ -50,3 +52,31 @@ def root_for(layer_dirs: Sequence[str], layer: ContainerLayer, readonly: bool = 
                        "overlay mount", hint="squash the image into fewer layers")
     mount = Mount(layer.merged, "overlay", "overlay", data.split(","))
     return Root(layer.merged, readonly, mount=mount, mount_cwd=base)
+
+
+def layers_reader(layer_dirs: Sequence[str]) -> Callable[[str], str]:
+    """Read a small file (/etc/passwd) as the union of `layer_dirs` would show it,
+    without mounting: the topmost layer that has the path wins, and a whiteout
+    (0/0 char device, or a `.wh.` file) or a non-file hides the layers below.
+    Each layer is resolved with `secure_join`, never following a link out of it.
+    """
+    def read(path: str) -> str:
+        for layer in reversed(layer_dirs):  # top first
+            target = secure_join(layer, path)
+            head, name = os.path.split(target)
+            if os.path.lexists(os.path.join(head, ".wh." + name)):
+                return ""
+            try:
+                st = os.lstat(target)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                return ""  # a whiteout, a directory or a device: nothing to read
+            try:
+                with open(target, encoding="utf-8", errors="replace") as f:
+                    return f.read()
+            except OSError:
+                return ""
+        return ""
+
+    return read
