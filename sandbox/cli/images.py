@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandbox.cli import handle_errors
+from sandbox.cli.options import tls_verify_option
 from sandbox.errors import UsageError
 
 if TYPE_CHECKING:
@@ -103,16 +104,6 @@ class ImageContext:
 
 
 # --- options ------------------------------------------------------------------------
-
-
-def tls_verify_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--tls-verify[=BOOL], as podman spells it (--tls-verify=false)."""
-    return click.option(
-        "--tls-verify", "tls_verify", type=click.BOOL, default=True, is_flag=False,
-        flag_value=True, metavar="BOOL",
-        help="Verify the registry's TLS certificate (--tls-verify=false to skip; "
-        "plain HTTP is then allowed too).",
-    )(fn)
 
 
 def strip_transport(text: str) -> str:

@@ -20,7 +20,7 @@ from sandbox.errors import UsageError
 @handle_errors
 def tag(source: str, targets: tuple[str, ...]) -> None:
     """Name the image SOURCE also TARGET (each of them)."""
-    from sandbox.images.pull import store_name
+    from sandbox.images.pull import name_holders, release_untagged, store_name
     from sandbox.registry.reference import parse_reference
 
     store = ImageContext().store
@@ -32,5 +32,7 @@ def tag(source: str, targets: tuple[str, ...]) -> None:
             raise UsageError(f"can't tag with a digest: {target}",
                              hint="a digest names content; give a tag, e.g. NAME:TAG")
         names.append(store_name(ref))
+    holders = name_holders(store, names) - {record.id}
     for name in names:
         store.tag(record.id, name)
+    release_untagged(store, holders)

@@ -4,11 +4,15 @@
   layers, the image index, temp entries), with its locks (locks.py);
 - extract.py: a layer tar (plain, gzip, zstd) into a directory, never writing
   outside it, with owners either real (in a user namespace) or recorded in an xattr;
-- whiteout.py: the on-disk forms of whiteouts and opaque directories.
+- whiteout.py: the on-disk forms of whiteouts and opaque directories;
+- pull.py, push.py, archive.py: pull and push through the registry client, save and
+  load archives; config.py: image configs; progress.py: progress output.
 
-This package never touches namespaces and must not import `sandbox.runtime` or the
-registry's network code: whoever needs real owners runs the extractor inside a user
-namespace it made itself.
+This package never touches namespaces and must not import `sandbox.runtime`: whoever
+needs real owners runs the extractor inside a user namespace it made itself (pull
+takes that runner as its `Unpacker`). The store and the extractor stay pure: they
+import nothing from the registry but its digest rule; pull.py opens the client only
+inside `connect()`.
 """
 
 from sandbox.images.extract import (

@@ -44,7 +44,14 @@ from typing import IO, Any, BinaryIO, Literal
 from sandbox.errors import SbxError
 from sandbox.images.config import ImageConfig, check_layers, parse_config
 from sandbox.images.progress import Progress, Quiet
-from sandbox.images.pull import Unpacker, split_name, store_name, unpack_layers
+from sandbox.images.pull import (
+    Unpacker,
+    name_holders,
+    release_untagged,
+    split_name,
+    store_name,
+    unpack_layers,
+)
 from sandbox.images.store import ImageRecord, Store
 from sandbox.registry import media
 from sandbox.registry.digest import validate_digest
@@ -421,12 +428,14 @@ def _store_image(
     check_layers(config, len(manifest.layers), "the archived image")
     layers = [(d.digest, diff) for d, diff in zip(manifest.layers, config.diff_ids, strict=True)]
     chains, _fresh = unpack_layers(store, layers, unpacker)
+    holders = name_holders(store, names) - {manifest.config.digest}
     record = store.add_image(
         config_digest=manifest.config.digest,
         manifest_digest=manifest_digest,
         chain_ids=chains,
         names=list(names),
     )
+    release_untagged(store, holders)
     return LoadedImage(record, config, list(names))
 
 

@@ -18,6 +18,7 @@ No dependencies, no threads of its own. Must not import the registry or the runt
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Protocol, TextIO
 
 REDRAW_INTERVAL_S = 0.1
 BAR_WIDTH = 24
+_DIGEST = re.compile(r"\bsha(?:256|512):([0-9a-f]{12})[0-9a-f]+")
 
 
 class Progress(Protocol):
@@ -57,6 +59,11 @@ def human_bytes(n: float) -> str:
 def short_digest(digest: str) -> str:
     """The 12 hex digits podman shows in a bar's label."""
     return digest.partition(":")[2][:12] or digest
+
+
+def shorten(label: str) -> str:
+    """A label with its digests cut to 12 hex digits, to leave the bar room."""
+    return _DIGEST.sub(r"\1", label)
 
 
 class Quiet:
@@ -151,7 +158,7 @@ class Bars:
 
     def start(self, key: str, label: str, total: int | None = None) -> None:
         with self._lock:
-            self._rows[key] = _Row(label, 0, total)
+            self._rows[key] = _Row(shorten(label), 0, total)
             self._draw(force=True)
 
     def update(self, key: str, done: int, total: int | None = None) -> None:
@@ -175,7 +182,7 @@ class Bars:
     def note(self, text: str) -> None:
         with self._lock:
             self._notes += 1
-            self._rows[f"\0note{self._notes}"] = _Row("", status=text)
+            self._rows[f"\0note{self._notes}"] = _Row("", status=shorten(text))
             self._draw(force=True)
 
     def close(self) -> None:
@@ -208,4 +215,13 @@ def for_stream(stream: TextIO, *, quiet: bool = False) -> Progress:
     return Bars(stream) if tty else Lines(stream)
 
 
-__all__ = ["Bars", "Lines", "Progress", "Quiet", "for_stream", "human_bytes", "short_digest"]
+__all__ = [
+    "Bars",
+    "Lines",
+    "Progress",
+    "Quiet",
+    "for_stream",
+    "human_bytes",
+    "short_digest",
+    "shorten",
+]

@@ -85,6 +85,10 @@ class PullError(SbxError):
     inconsistent with the config, and the like."""
 
 
+class LayerUnpackError(PullError):
+    """A layer that could not be unpacked (unsafe, corrupt, not what its DiffID says)."""
+
+
 class RegistrySource(Protocol):
     """What a pull needs from a registry; `RegistryClient` is one, tests pass fakes."""
 
@@ -260,6 +264,28 @@ def repo_digests(record: ImageRecord) -> list[str]:
 
 def repo_tags(record: ImageRecord) -> list[str]:
     return [n for n in record.names if split_name(n)[1] is not None]
+
+
+def name_holders(store: Store, names: Sequence[str]) -> set[str]:
+    """Ids of the images that have any of the tag `names` now (before a pull, tag
+    or load moves them elsewhere)."""
+    wanted = {n for n in names if split_name(n)[1] is not None}
+    return {r.id for r in store.list_images() if wanted.intersection(r.names)}
+
+
+def release_untagged(store: Store, image_ids: Sequence[str] | set[str]) -> None:
+    """Images that lost their last tag to another image lose their digest names
+    too, and so become dangling (no names), as in podman, where a re-pulled tag
+    leaves the old image `<none>:<none>` for `image prune` to remove."""
+    for image_id in image_ids:
+        try:
+            record = store.get_image(image_id)
+        except ImageNotFound:
+            continue
+        if record.names and not repo_tags(record):
+            for name in record.names:
+                with contextlib.suppress(ImageNotFound):
+                    store.untag(name)
 
 
 def layer_dirs(store: Store, image: ImageRecord) -> list[Path]:
@@ -460,19 +486,37 @@ def download_blobs(
 # --- unpacking ----------------------------------------------------------------------
 
 
-def _extract_blob(blob: str, dest: str, owners: str, fmt: str, diff_id: str) -> ExtractStats:
+@dataclass(frozen=True)
+class LayerSize:
+    """What an unpack hands the store as the layer's size (Store.add_layer reads
+    `.bytes`): the uncompressed tar's length, which is what podman reports as a
+    layer's size, so `sbx images` SIZE matches `podman images`."""
+
+    bytes: int
+    stats: ExtractStats
+
+
+def _extract_blob(blob: str, dest: str, owners: str, fmt: str, diff_id: str) -> LayerSize:
     """Runs where the Unpacker's runner puts it (a forked child in the user
     namespace): the arguments are plain strings so nothing needs pickling in."""
     from sandbox.images.extract import extract_layer
 
-    with open(blob, "rb") as f:
-        return extract_layer(
-            f,
-            Path(dest),
-            owners=owners,  # type: ignore[arg-type]
-            whiteout_format=fmt,  # type: ignore[arg-type]
-            expected_diff_id=diff_id,
-        )
+    try:
+        with open(blob, "rb") as f:
+            stats = extract_layer(
+                f,
+                Path(dest),
+                owners=owners,  # type: ignore[arg-type]
+                whiteout_format=fmt,  # type: ignore[arg-type]
+                expected_diff_id=diff_id,
+            )
+    except SbxError as err:
+        # The error crosses back from the namespace's child by pickle, which
+        # rebuilds an exception as cls(*args): the extractor's errors take other
+        # arguments than their message (DiffIDMismatch(expected, actual)), so they
+        # travel as one that takes just the message (and its hint, in __dict__).
+        raise LayerUnpackError(f"layer {diff_id}: {err.message}", hint=err.hint) from None
+    return LayerSize(stats.tar_size, stats)
 
 
 def unpack_layers(
@@ -628,6 +672,7 @@ def pull(
         )
         progress.note("Writing manifest to image destination")
         names = pull_names(ref, resolved)
+        holders = name_holders(store, names) - {cfg.digest}
         extra = [resolved.index_digest] if resolved.index_digest else []
         extra += _previous_manifest_blobs(store, cfg.digest, resolved.manifest_digest)
         try:
@@ -640,6 +685,7 @@ def pull(
             )
         except StoreError as err:
             raise PullError(f"storing {ref}: {err.message}", hint=err.hint) from None
+        release_untagged(store, holders)
     return PullResult(record, config, resolved, downloaded, fresh, warnings)
 
 
@@ -679,6 +725,8 @@ def ensure_image(
         if connect_fn is None
         else connect_fn(ref)
     )
+    if progress is not None:
+        progress.note(f"Trying to pull {ref}...")
     try:
         result = pull(ref, store, client, unpacker, platform=platform, progress=progress)
     finally:
@@ -694,6 +742,7 @@ def ensure_image(
 __all__ = [
     "MAX_WORKERS",
     "POLICIES",
+    "LayerUnpackError",
     "PullError",
     "PullResult",
     "RegistrySource",
@@ -706,8 +755,10 @@ __all__ = [
     "find_local_name",
     "layer_dirs",
     "manifest_for",
+    "name_holders",
     "pull",
     "pull_names",
+    "release_untagged",
     "repo_digests",
     "repo_tags",
     "resolve",

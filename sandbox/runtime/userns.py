@@ -85,14 +85,14 @@ def call(fn: Callable[[], T], maps: idmap.MapPlan, *, mount_ns: bool = False,
     pid, parent, child = _fork_mapped(maps, mount_ns, sys)
     if pid == 0:
         try:
+            # Die with the caller: a SIGKILLed `sbx pull` must not leave an unpacker
+            # holding the layer's lock.
+            sys.prctl(sc.PR_SET_PDEATHSIG, 9)
             _child(child, sys, maps, mount_ns)
             payload = (True, fn())
         except BaseException as exc:  # carried to the parent, never raised here
             payload = (False, exc)
-        try:
-            data = pickle.dumps(payload)
-        except Exception as exc:  # an unpicklable result or exception
-            data = pickle.dumps((False, SbxError(f"{type(exc).__name__}: {exc}")))
+        data = _dumps(payload)
         with contextlib.suppress(OSError):
             _send_big(child, data)
         _exit_child(0)
@@ -107,6 +107,26 @@ def call(fn: Callable[[], T], maps: idmap.MapPlan, *, mount_ns: bool = False,
     if ok:
         return value
     raise value
+
+
+def _dumps(payload: tuple[bool, object]) -> bytes:
+    """Pickle a result or an exception so that the parent can load it: an exception
+    whose __init__ takes more than its message pickles but fails to unpickle, so
+    such a one travels as an SbxError with its message and hint."""
+    try:
+        data = pickle.dumps(payload)
+        pickle.loads(data)
+        return data
+    except Exception:
+        ok, value = payload
+        if ok:
+            err = SbxError(f"the user-namespace helper returned an unpicklable {type(value)}")
+        else:
+            err = SbxError(getattr(value, "message", None) or str(value) or type(value).__name__,
+                           getattr(value, "hint", None))
+            if isinstance(value, SbxError):
+                err.exit_code = value.exit_code
+        return pickle.dumps((False, err))
 
 
 def _send_big(sock: socket.socket, data: bytes) -> None:

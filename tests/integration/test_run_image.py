@@ -5,7 +5,9 @@ user's namespace, with the image config's Cmd, Env, WorkingDir and User."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import SbxRunner, User
@@ -26,7 +28,7 @@ def image(pushed_images: PushedImages) -> str:
     return pushed_images.busybox.ref
 
 
-def _run(sbx: SbxRunner, *args: str, **kw: object):  # noqa: ANN202
+def _run(sbx: SbxRunner, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return sbx.run("run", "--tls-verify=false", *args, **kw)
 
 
