@@ -232,3 +232,55 @@ def test_login_logout(box: Box, registry_tls_auth: RunningRegistry,
     assert p.returncode == 125 and f"not logged into {reg.host}" in p.stderr
     p = box.run("pull", "--tls-verify=false", ref, check=False)
     assert p.returncode == 125
+
+
+def _host_tree(root: Path, tops: list[str]) -> dict[str, tuple[str, str, int, int, int]]:
+    kinds = {stat.S_IFREG: "regular", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink"}
+    tree = {}
+    for top in tops:
+        for dirpath, dirnames, filenames in os.walk(root / top):
+            for name in [*dirnames, *filenames]:
+                path = Path(dirpath) / name
+                st = path.lstat()
+                kind = kinds.get(stat.S_IFMT(st.st_mode), "other")
+                size = st.st_size if kind == "regular" else 0
+                rel = "/" + str(path.relative_to(root))
+                tree[rel] = (kind, oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid, size)
+    return tree
+
+
+def test_pushed_image_unpacked_by_umoci_matches_what_sbx_runs(
+    box: Box, pushed_images: PushedImages, tmp_path: Path
+) -> None:
+    """sbx pushes; skopeo copies that to an OCI layout; umoci unpacks it; the file
+    tree (names, types, modes, owners, sizes) is the one sbx's containers see."""
+    need("umoci")
+    busybox = pushed_images.busybox
+    box.run("pull", "-q", busybox.ref)
+    dest = f"{busybox.host}/{unique('umoci')}:1"
+    box.run("push", busybox.ref, dest)
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{dest}", f"oci:{layout}:img")
+    bundle = tmp_path / "bundle"
+    p = subprocess.run(["umoci", "unpack", "--image", f"{layout}:img", str(bundle)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    tops = ["bin", "data", "etc", "home"]
+    expected = _host_tree(bundle / "rootfs", tops)
+    kinds = {"regular file": "regular", "regular empty file": "regular",
+             "directory": "directory", "symbolic link": "symlink"}
+    r = box.run("run", busybox.ref, "sh", "-c",
+                "find " + " ".join(f"/{t}" for t in tops) + " -mindepth 1 | "
+                "xargs stat -c '%n|%F|%a|%u|%g|%s'")
+    seen = {}
+    for line in r.stdout.splitlines():
+        name, kind, mode, uid, gid, size = line.split("|")
+        kind = kinds.get(kind, "other")
+        seen[name] = (kind, oct(int(mode, 8)), int(uid), int(gid),
+                      int(size) if kind == "regular" else 0)
+    # Files sbx generates and binds over the image's own, as podman does.
+    for generated in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+        seen.pop(generated, None)
+        expected.pop(generated, None)
+    assert len(expected) > 50 and expected["/bin/suidtest"][1] == "0o4755"
+    assert seen == expected
