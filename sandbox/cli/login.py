@@ -72,7 +72,10 @@ def login(username: str | None, password: str | None, password_stdin: bool,
             raise UsageError("no password given", hint="use -p PASS or --password-stdin")
         password = click.prompt("Password", hide_input=True, type=str)
     creds = credentials.Credentials(username, password)
-    with RegistryClient(host, tls_verify=tls_verify, credentials=creds) as client:
+    from sandbox.registry.config import insecure
+
+    verify = tls_verify and not insecure(host)
+    with RegistryClient(host, tls_verify=verify, credentials=creds) as client:
         try:
             client.ping()
         except UnauthorizedError as err:

@@ -314,9 +314,12 @@ def connect(
     repository (sandbox.registry.credentials.lookup) unless some are given."""
     from sandbox.registry import credentials as creds
     from sandbox.registry.client import RegistryClient
+    from sandbox.registry.config import insecure
 
     found = credentials if credentials is not None else creds.lookup(registry, repository)
-    return RegistryClient(registry, tls_verify=tls_verify, credentials=found, timeout=timeout)
+    # registries.conf can mark a registry insecure, as for podman.
+    verify = tls_verify and not insecure(registry)
+    return RegistryClient(registry, tls_verify=verify, credentials=found, timeout=timeout)
 
 
 def resolve(

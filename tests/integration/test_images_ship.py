@@ -284,3 +284,19 @@ def test_pushed_image_unpacked_by_umoci_matches_what_sbx_runs(
         expected.pop(generated, None)
     assert len(expected) > 50 and expected["/bin/suidtest"][1] == "0o4755"
     assert seen == expected
+
+
+def test_registries_conf_marks_a_registry_insecure(
+    box: Box, registry_tls_auth: RunningRegistry
+) -> None:
+    """podman's registries.conf `insecure = true` stands for --tls-verify=false."""
+    reg = registry_tls_auth
+    login = ("login", "-u", str(reg.username), "--password-stdin", reg.host)
+    p = box.run(*login, input=f"{reg.password}\n", check=False)
+    assert p.returncode == 125 and "certificate" in p.stderr.lower()
+    conf = box.root / "config" / "containers" / "registries.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n')
+    conf.chmod(0o644)
+    p = box.run(*login, input=f"{reg.password}\n")
+    assert p.stdout.strip() == "Login Succeeded!"
