@@ -35,6 +35,12 @@ def config_dir() -> str:
     return os.path.join(base, "sbx")
 
 
+def profiles_dir() -> str:
+    """The user's own profiles, NAME.toml each (sandbox/profiles/load.py looks here
+    after the project's and before the bundled ones)."""
+    return os.path.join(config_dir(), "profiles")
+
+
 def runtime_dir() -> str:
     """The per-user runtime directory, created 0700 on first use."""
     base = os.environ.get("XDG_RUNTIME_DIR")

@@ -33,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tag": ("sandbox.cli.tag:tag", "Add names to an image."),
     "save": ("sandbox.cli.save:save", "Write an image to an archive."),
     "load": ("sandbox.cli.load:load", "Load images from an archive."),
+    "profile": ("sandbox.cli.profile:profile",
+                "Profiles: list, show, validate, init (docs/profiles.md)."),
+    "lock": ("sandbox.cli.lock:lock", "Pin profiles' images by digest in sbx.lock."),
+    "generate": ("sandbox.cli.generate:generate",
+                 "Generate files from profiles (kube: a Kubernetes Pod)."),
 }
 
 
