@@ -59,12 +59,104 @@ def runtime_dir() -> str:
     return path
 
 
+# -- containers (sandbox/containers/store.py keeps the records; layout, version 1) --
+#
+#   DATA/containers/<id>/config.json   what the container is (spec, image, name, ...)
+#   DATA/containers/<id>/state.json    what it is doing (status, pids, exit code)
+#   DATA/containers/<id>/ctr.log       its output, podman's k8s-file format
+#   DATA/containers/<id>/lock          flock(2)ed around every state change
+#   DATA/containers/<id>/layer/        the overlay driver's upper/, work/, merged/
+#   DATA/containers/.tmp-<id>/         a record being created (renamed into place)
+#   DATA/containers/.trash-<id>/       a record being removed (renamed out of place)
+#   DATA/container-names/<name>        symlink -> <id>: one name, one container
+#   DATA/containers.lock               flock(2)ed around name changes
+#   RUNTIME/containers/<id>/           generated /etc files; gone after a reboot
+#   RUNTIME/exits/<id>                 the exit code of a --rm container (conmon's
+#                                      --exit-dir), for `sbx wait` after its removal
+
+def containers_dir() -> str:
+    """Every container's record, one directory per 64-hex id."""
+    return os.path.join(data_dir(), "containers")
+
+
 def container_dir(container_id: str) -> str:
-    """Per-container storage (the writable layer): kept across reboots, as podman's
-    overlay-containers/."""
+    """One container's record: config, state, log and writable layer; kept across
+    reboots, as podman's overlay-containers/<id>/userdata."""
     return os.path.join(data_dir(), "containers", container_id)
 
 
+def container_tmp_dir(container_id: str) -> str:
+    """Where a record is written before it is renamed into place."""
+    return os.path.join(data_dir(), "containers", ".tmp-" + container_id)
+
+
+def container_trash_dir(container_id: str) -> str:
+    """Where a record goes (by rename) the moment it is removed."""
+    return os.path.join(data_dir(), "containers", ".trash-" + container_id)
+
+
+def container_config_file(container_id: str) -> str:
+    return os.path.join(container_dir(container_id), "config.json")
+
+
+def container_state_file(container_id: str) -> str:
+    return os.path.join(container_dir(container_id), "state.json")
+
+
+def container_log_file(container_id: str) -> str:
+    """The container's output in podman's k8s-file format (podman: userdata/ctr.log)."""
+    return os.path.join(container_dir(container_id), "ctr.log")
+
+
+def container_lock_file(container_id: str) -> str:
+    return os.path.join(container_dir(container_id), "lock")
+
+
+def container_layer_dir(container_id: str) -> str:
+    """The overlay driver's upper/, work/ and merged/ for this container."""
+    return os.path.join(container_dir(container_id), "layer")
+
+
+def container_names_dir() -> str:
+    """One symlink per container name, pointing at the container's id."""
+    return os.path.join(data_dir(), "container-names")
+
+
+def container_name_link(name: str) -> str:
+    return os.path.join(container_names_dir(), name)
+
+
+def containers_lock_file() -> str:
+    """Held while a name is taken, changed or given back."""
+    return os.path.join(data_dir(), "containers.lock")
+
+
+def container_run_dirs() -> str:
+    """The parent of every container's runtime directory."""
+    return os.path.join(runtime_dir(), "containers")
+
+
+def container_creating_lock(container_id: str) -> str:
+    """flock(2)ed by `sbx run`/`create` while a container's runtime files exist and
+    its record does not yet (ContainerStore.clean_leftovers spares such a dir)."""
+    return os.path.join(container_run_dir(container_id), ".creating")
+
+
 def container_run_dir(container_id: str) -> str:
-    """Per-container runtime files (generated /etc/hosts, hostname, resolv.conf)."""
+    """Per-container runtime files (generated /etc/hosts, hostname, resolv.conf),
+    written again at every start, as podman's runroot userdata/."""
     return os.path.join(runtime_dir(), "containers", container_id)
+
+
+def container_exits_dir() -> str:
+    return os.path.join(runtime_dir(), "exits")
+
+
+def container_exit_file(container_id: str) -> str:
+    """The exit code of a removed --rm container, as conmon writes to --exit-dir."""
+    return os.path.join(container_exits_dir(), container_id)
+
+
+def run_image_cache_file() -> str:
+    """`sbx run`'s cache of image lookups (sandbox/cli/run.py, _RunCache)."""
+    return os.path.join(runtime_dir(), "run-image-cache.json")

@@ -1,15 +1,27 @@
-"""`sbx run`: run a command in a new container, from an image or a rootfs folder.
+"""`sbx run` and `sbx create`: make a container, from an image or a rootfs folder.
 
 An image is pulled if needed (`--pull`) and run on its layers under an overlay
-(sandbox/storage/overlay.py) with its config's Entrypoint, Cmd, Env, WorkingDir and
-User; `--rootfs DIR` runs in a folder as it is. Profiles plug in before
+(sandbox/storage/overlay.py) with its config's Entrypoint, Cmd, Env, WorkingDir, User
+and StopSignal; `--rootfs DIR` runs in a folder as it is. Profiles plug in before
 `specgen.generate` when they arrive.
+
+Every run makes a container record (sandbox/containers/store.py), as podman does:
+`sbx run` without --rm leaves an exited container that `ps -a`, `logs`, `start` and
+`rm` know; `--rm` removes it after the exit. A foreground run is its own container
+monitor (sandbox/containers/monitor.py): the container stays this process's child,
+its output goes to the terminal and to its log, and signals reach it as before.
+`-d` hands the container to a detached monitor and prints its id.
+
+This module is on the `sbx run` hot path (bench/startup, bench/lifecycle): it
+imports the image store only to resolve an image, and nothing else heavy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -28,56 +40,100 @@ def _read_env_file(path: str) -> tuple[str, str]:
                          hint="--env-file takes a file of KEY=VALUE lines") from None
 
 
-@click.command(context_settings={"allow_interspersed_args": False,
-                                 "help_option_names": ["-h", "--help"]})
-@click.option("--rootfs", "rootfs", metavar="DIR",
-              help="Run in this root filesystem folder instead of an image.")
-@click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]),
-              default="missing", show_default=True, help="When to pull the image.")
-@tls_verify_option
-@click.option("--entrypoint", metavar="CMD", help="Override the image's entrypoint.")
-@click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
-              help="Set an environment variable (KEY alone passes the host's value).")
-@click.option("--env-file", multiple=True, metavar="FILE", help="Read KEY=VALUE lines.")
-@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside.")
-@click.option("-u", "--user", metavar="USER[:GROUP]",
-              help="User to run as: name or uid, optionally :group or :gid.")
-@click.option("--hostname", metavar="NAME", help="Container host name.")
-@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
-@click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]",
-              help="Bind-mount a host path.")
-@click.option("--tmpfs", multiple=True, metavar="PATH[:OPTS]", help="Mount a tmpfs.")
-@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
-@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
-@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
-@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
-@click.option("--init", "init", is_flag=True, help="Run a reaping init as pid 1.")
-@click.option("--userns", default="", metavar="MODE",
-              help="'' (root inside is you) or keep-id (your uid inside too).")
-@click.option("--network", "--net", default="host", metavar="MODE",
-              help="host (default) or none.")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-@handle_errors
-def run(rootfs: str | None, pull_policy: str, tls_verify: bool, entrypoint: str | None,
-        env: tuple[str, ...], env_file: tuple[str, ...], workdir: str | None,
-        user: str | None, hostname: str | None, read_only: bool, volume: tuple[str, ...],
-        tmpfs: tuple[str, ...], cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
-        interactive: bool, tty: bool, init: bool, userns: str, network: str,
-        command: tuple[str, ...]) -> None:
-    """Run a command in a new rootless container.
+def _parse_labels(labels: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in labels:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid label {item!r}", hint="--label KEY=VALUE (or KEY)")
+        out[key] = value
+    return out
 
-    \b
-    sbx run [OPTIONS] IMAGE [COMMAND [ARG...]]
-    sbx run --rootfs DIR [OPTIONS] [--] COMMAND [ARG...]
-    """
+
+CREATE_OPTIONS: list[Callable[..., Any]] = [
+    click.option("--rootfs", "rootfs", metavar="DIR",
+                 help="Run in this root filesystem folder instead of an image."),
+    click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]),
+                 default="missing", show_default=True, help="When to pull the image."),
+    tls_verify_option,
+    click.option("--name", metavar="NAME", help="Name the container (default: generated)."),
+    click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
+                 help="Set a label on the container."),
+    click.option("--rm", "auto_remove", is_flag=True,
+                 help="Remove the container when it exits."),
+    click.option("--stop-signal", metavar="SIGNAL",
+                 help="Signal that stops the container (default: the image's, or SIGTERM)."),
+    click.option("--stop-timeout", type=click.IntRange(min=0), metavar="SECONDS",
+                 help="Seconds `sbx stop` waits before SIGKILL (default 10)."),
+    click.option("--entrypoint", metavar="CMD", help="Override the image's entrypoint."),
+    click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
+                 help="Set an environment variable (KEY alone passes the host's value)."),
+    click.option("--env-file", multiple=True, metavar="FILE", help="Read KEY=VALUE lines."),
+    click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
+    click.option("-u", "--user", metavar="USER[:GROUP]",
+                 help="User to run as: name or uid, optionally :group or :gid."),
+    click.option("--hostname", metavar="NAME", help="Container host name."),
+    click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+    click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]",
+                 help="Bind-mount a host path."),
+    click.option("--tmpfs", multiple=True, metavar="PATH[:OPTS]", help="Mount a tmpfs."),
+    click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL)."),
+    click.option("--cap-drop", multiple=True, metavar="CAP",
+                 help="Drop a capability (or ALL)."),
+    click.option("-i", "--interactive", is_flag=True, help="Keep stdin open."),
+    click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
+    click.option("--init", "init", is_flag=True, help="Run a reaping init as pid 1."),
+    click.option("--userns", default="", metavar="MODE",
+                 help="'' (root inside is you) or keep-id (your uid inside too)."),
+    click.option("--network", "--net", default="host", metavar="MODE",
+                 help="host (default) or none."),
+]
+
+
+def create_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `sbx run` and `sbx create` share."""
+    for decorator in reversed(CREATE_OPTIONS):
+        fn = decorator(fn)
+    return fn
+
+
+class Created:
+    """A container just made: its record, and what starting it needs now."""
+
+    def __init__(self, store: Any, container: Any, spec: Any, maps: Any,
+                 interactive: bool) -> None:
+        self.store = store
+        self.container = container
+        self.spec = spec
+        self.maps = maps
+        self.interactive = interactive
+
+
+def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
+    """Resolve the image, build the spec and write the record (status created).
+    The generated /etc files are left in the runtime directory for a start."""
     from sandbox import paths
-    from sandbox.runtime import etcfiles, idmap, process, specgen, users
+    from sandbox.containers import specjson
+    from sandbox.containers.store import ContainerStore, Lock, format_time, new_id, now_ns
+    from sandbox.runtime import etcfiles, idmap, specgen, users
 
+    userns, network = opts["userns"], opts["network"]
     if userns not in ("", "keep-id"):
         raise UsageError(f"unsupported --userns {userns!r}", hint="use --userns=keep-id")
     if network not in ("host", "none"):
         raise UsageError(f"unsupported --network {network!r}",
                          hint="use --network host or --network none")
+    labels = _parse_labels(opts["labels"])
+    if opts["stop_signal"]:
+        from sandbox.containers.lifecycle import parse_signal
+
+        parse_signal(opts["stop_signal"])  # refuse a bad one now, not at `stop`
+    store = ContainerStore()
+    name = opts["name"]
+    if name is not None and (owner := store.name_owner(name)) is not None:
+        from sandbox.containers.store import NameInUse
+
+        raise NameInUse(name, owner)  # before a pull; create() checks again, atomically
     uid, gid, username, home = idmap.current_user()
     if uid == 0:
         warn("running sbx as root: the container's root is the host's root")
@@ -86,8 +142,10 @@ def run(rootfs: str | None, pull_policy: str, tls_verify: bool, entrypoint: str 
     if maps.warning:
         warn(maps.warning)
 
-    container_id = os.urandom(32).hex()  # 64 hex digits, as docker's ids
+    container_id = new_id()
     image: _Image | None = None
+    rootfs = opts["rootfs"]
+    layer_dirs: list[str] = []
     if rootfs is not None:
         if not os.path.isdir(rootfs):
             raise UsageError(f"rootfs {rootfs} is not a directory",
@@ -95,23 +153,31 @@ def run(rootfs: str | None, pull_policy: str, tls_verify: bool, entrypoint: str 
         if not command:
             raise UsageError("no command given",
                              hint="sbx run --rootfs DIR [--] COMMAND [ARG...]")
+        rootfs = os.path.abspath(rootfs)
         args = list(command)
+        cmd, entrypoint = list(command), []
         read = users.dir_reader(rootfs)
     else:
         if not command:
             raise UsageError("no image given", hint="sbx run [OPTIONS] IMAGE [COMMAND...]")
-        image = _Image.prepare(command[0], pull_policy, tls_verify, container_id, maps,
-                               read_only)
-        args = image.args(entrypoint, list(command[1:]))
+        image = _Image.prepare(command[0], opts["pull_policy"], opts["tls_verify"],
+                               container_id, opts["read_only"])
+        entrypoint, cmd = image.split_args(opts["entrypoint"], list(command[1:]))
+        args = entrypoint + cmd
         rootfs = image.root.path
         read = image.read
-    opts = specgen.RunOptions(
-        rootfs=rootfs, args=args, env=list(env),
-        env_file_text=[_read_env_file(p) for p in env_file],
-        workdir=workdir or (image.config.working_dir if image else None) or None,
-        user=user, hostname=hostname, read_only=read_only, volumes=list(volume),
-        tmpfs=list(tmpfs), cap_add=list(cap_add), cap_drop=list(cap_drop),
-        interactive=interactive, tty=tty, init=init, userns=userns, network=network,
+        layer_dirs = image.dirs
+        labels = {**image.labels, **labels}
+    user = opts["user"]
+    hostname = opts["hostname"]
+    run_opts = specgen.RunOptions(
+        rootfs=rootfs, args=args, env=list(opts["env"]),
+        env_file_text=[_read_env_file(p) for p in opts["env_file"]],
+        workdir=opts["workdir"] or (image.config.working_dir if image else None) or None,
+        user=user, hostname=hostname, read_only=opts["read_only"],
+        volumes=list(opts["volume"]), tmpfs=list(opts["tmpfs"]), cap_add=list(opts["cap_add"]),
+        cap_drop=list(opts["cap_drop"]), interactive=opts["interactive"], tty=opts["tty"],
+        init=opts["init"], userns=userns, network=network,
         image_env=list(image.config.env) if image else None,
     )
     user_spec = user if user is not None else (
@@ -120,21 +186,107 @@ def run(rootfs: str | None, pull_policy: str, tls_verify: bool, entrypoint: str 
     if keep_id and user is None:
         exec_user.name, exec_user.home = username, home
 
+    keep_id_user = [username, uid, gid, home] if keep_id else None
     state_dir = paths.container_run_dir(container_id)
+    # Held until the record exists: `sbx rm` sweeps runtime dirs of containers that
+    # do not exist, unless their creator is still at work (store.clean_leftovers).
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    creating = Lock(paths.container_creating_lock(container_id)).acquire()
+    ok = False
     try:
-        etc = etcfiles.write(
-            state_dir, read, hostname or container_id[:12], network,
-            keep_id_user=(username, uid, gid, home) if keep_id else None,
-        )
-        spec = specgen.generate(opts, exec_user, maps.uid_maps, maps.gid_maps,
+        etc = etcfiles.write(state_dir, read, hostname or container_id[:12], network,
+                             keep_id_user=(username, uid, gid, home) if keep_id else None)
+        spec = specgen.generate(run_opts, exec_user, maps.uid_maps, maps.gid_maps,
                                 dict(os.environ), container_id, os.getcwd(), etc)
         if image is not None:
             spec.root = image.root
-        code = process.run(spec, maps, interactive=interactive)
-    finally:
-        etcfiles.remove(state_dir)
+        stop_signal = opts["stop_signal"] or (image.config.stop_signal if image else None)
+        config = {
+            "created": format_time(now_ns()),
+            "image": image.name if image else "",
+            "image_id": image.record_id if image else "",
+            "rootfs": rootfs if opts["rootfs"] is not None else "",
+            "layers": layer_dirs,
+            "command": cmd,
+            "entrypoint": entrypoint,
+            "user": user_spec,
+            "labels": labels,
+            "stop_signal": stop_signal or "SIGTERM",
+            "stop_timeout": opts["stop_timeout"] if opts["stop_timeout"] is not None else 10,
+            "auto_remove": bool(opts["auto_remove"]),
+            "interactive": bool(opts["interactive"]),
+            "tty": bool(opts["tty"]),
+            "init": bool(opts["init"]),
+            "userns": userns,
+            "network": network,
+            "hostname": spec.hostname,
+            "keep_id_user": keep_id_user,
+            "read_only": bool(opts["read_only"]),
+            "volumes": list(opts["volume"]) + [f"tmpfs:{t}" for t in opts["tmpfs"]],
+            "create_command": ["sbx", *sys.argv[1:]],
+            "spec": specjson.to_json(spec),
+        }
+        # An --rm container will not outlive the run: its record skips the fsyncs.
+        container = store.create(container_id, config, name,
+                                 durable=not opts["auto_remove"])
         if image is not None:
-            image.cleanup()
+            image.layer.create()
+        ok = True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(paths.container_creating_lock(container_id))
+        creating.release()
+        if not ok:
+            etcfiles.remove(state_dir)
+    return Created(store, container, spec, maps, bool(opts["interactive"]))
+
+
+def _discard(created: Created) -> None:
+    """Remove a container that never ran (--rm after a failed start)."""
+    from sandbox.containers import lifecycle
+    from sandbox.containers.store import NoSuchContainer
+
+    with contextlib.suppress(NoSuchContainer):
+        lifecycle.remove(created.store, created.container, force=True)
+
+
+@click.command(context_settings={"allow_interspersed_args": False,
+                                 "help_option_names": ["-h", "--help"]})
+@create_options
+@click.option("-d", "--detach", is_flag=True,
+              help="Run in the background and print the container's id.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def run(detach: bool, command: tuple[str, ...], **opts: Any) -> None:
+    """Run a command in a new rootless container.
+
+    \b
+    sbx run [OPTIONS] IMAGE [COMMAND [ARG...]]
+    sbx run --rootfs DIR [OPTIONS] [--] COMMAND [ARG...]
+    """
+    from sandbox.containers import monitor
+
+    created = create_container(opts, command)
+    store, container = created.store, created.container
+    try:
+        with store.lock(container.id) as lock:
+            if detach:
+                from sandbox.containers.lifecycle import auto_remove_hook
+
+                monitor.start_detached(store, container, created.spec, created.maps, lock,
+                                       after_exit=auto_remove_hook(container))
+            else:
+                code = monitor.run_attached(store, container, created.spec, created.maps,
+                                            lock, interactive=created.interactive)
+    except BaseException:
+        if opts["auto_remove"]:
+            _discard(created)
+        raise
+    if detach:
+        click.echo(container.id)
+        return
+    if opts["auto_remove"]:
+        _discard(created)
     # Skip interpreter teardown (about 8 ms with the modules loaded): nothing is left
     # to clean up, and the container's status is all that remains to report.
     sys.stdout.flush()
@@ -142,28 +294,153 @@ def run(rootfs: str | None, pull_policy: str, tls_verify: bool, entrypoint: str 
     os._exit(code)
 
 
+class _RunConfig:
+    """What `sbx run` takes from an image's config (sandbox.images.config.ImageConfig
+    has it all; this plain record is what the run cache keeps)."""
+
+    FIELDS = ("entrypoint", "cmd", "env", "working_dir", "user", "stop_signal", "labels")
+
+    def __init__(self, entrypoint: list[str] | None, cmd: list[str] | None, env: list[str],
+                 working_dir: str, user: str, stop_signal: str | None,
+                 labels: dict[str, str]) -> None:
+        self.entrypoint = entrypoint
+        self.cmd = cmd
+        self.env = env
+        self.working_dir = working_dir
+        self.user = user
+        self.stop_signal = stop_signal
+        self.labels = labels
+
+    @classmethod
+    def of(cls, config: Any) -> _RunConfig:
+        return cls(None if config.entrypoint is None else list(config.entrypoint),
+                   None if config.cmd is None else list(config.cmd), list(config.env),
+                   config.working_dir or "", config.user or "", config.stop_signal,
+                   dict(config.labels or {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _RunConfig:
+        return cls(d["entrypoint"], d["cmd"], list(d["env"]), str(d["working_dir"]),
+                   str(d["user"]), d["stop_signal"], dict(d["labels"]))
+
+
+class _RunCache:
+    """How `sbx run IMAGE` skips the image store when nothing changed since the last
+    run of the same IMAGE text: the image store's modules cost ~35 ms to import
+    (dataclasses, tarfile, the registry's parsers), three times the container's own
+    start. The cache (in the runtime directory) maps the text as typed to the
+    image's id, name, run config and layer directories.
+
+    An entry is only good while the image store's root directory is unchanged: the
+    store replaces its index by rename(2) into that directory on every change of
+    names or images (images/store.py, "images.json is replaced by rename"), which
+    updates the directory's mtime and ctime. The entry keeps (inode, mtime, ctime) as
+    taken *before* the lookup, and is only written if they are the same after it and
+    at least a second old, so a change in the same timestamp tick cannot hide (git's
+    "racy git" rule). --pull=always never uses it. The layer directories are checked
+    to exist. TODO(images): a `Store.generation()` would make this independent of the
+    store's layout; the image store's owners should provide it.
+    """
+
+    MAX_ENTRIES = 32
+
+    @staticmethod
+    def stamp() -> list[int] | None:
+        from sandbox import paths
+
+        try:
+            st = os.stat(paths.storage_dir())
+        except OSError:
+            return None
+        return [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+    @staticmethod
+    def _load() -> dict[str, Any]:
+        import json
+
+        from sandbox import paths
+
+        try:
+            with open(paths.run_image_cache_file(), "rb") as f:
+                data = json.loads(f.read())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    @classmethod
+    def get(cls, text: str) -> dict[str, Any] | None:
+        entry = cls._load().get(text)
+        if not isinstance(entry, dict) or entry.get("stamp") != cls.stamp():
+            return None
+        if not all(os.path.isdir(d) for d in entry.get("dirs", [])):
+            return None
+        return entry
+
+    @classmethod
+    def put(cls, text: str, before: list[int] | None, entry: dict[str, Any]) -> None:
+        import json
+        import time
+
+        from sandbox import paths
+
+        after = cls.stamp()
+        if before is None or after != before or time.time_ns() - before[1] < 1_000_000_000:
+            return
+        data = cls._load()
+        data.pop(text, None)
+        while len(data) >= cls.MAX_ENTRIES:
+            data.pop(next(iter(data)))
+        data[text] = {**entry, "stamp": before}
+        path = paths.run_image_cache_file()
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.rename(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 class _Image:
     """An image made ready to run: pulled if needed, its layers under an overlay
-    root with this container's own writable layer (removed when the run ends,
-    since containers with a life of their own arrive with `sbx create`)."""
+    root with this container's own writable layer (made by `layer.create()` once the
+    container's record exists, and removed with the record)."""
 
-    def __init__(self, config: Any, root: Any, read: Any, layer: Any, ctx: Any) -> None:
+    def __init__(self, name: str, record_id: str, config: _RunConfig, dirs: list[str],
+                 container_id: str, read_only: bool) -> None:
+        from sandbox import paths
+        from sandbox.storage import overlay
+
+        self.name = name
+        self.record_id = record_id
         self.config = config
-        self.root = root
-        self.read = read
-        self.layer = layer
-        self.ctx = ctx
+        self.dirs = dirs
+        self.layer = overlay.ContainerLayer(paths.container_layer_dir(container_id))
+        self.root = overlay.root_for(dirs, self.layer, read_only)
+        self.read = overlay.layers_reader(dirs)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.config.labels)
 
     @classmethod
     def prepare(cls, name: str, policy: str, tls_verify: bool, container_id: str,
-                maps: Any, read_only: bool) -> _Image:
-        from sandbox import paths
+                read_only: bool) -> _Image:
+        if policy != "always":
+            hit = _RunCache.get(name)
+            if hit is not None:
+                return cls(hit["name"], hit["id"], _RunConfig.from_json(hit["config"]),
+                           list(hit["dirs"]), container_id, read_only)
         from sandbox.cli.images import ImageContext
         from sandbox.images import progress as prog
         from sandbox.images.config import load_config
         from sandbox.images.pull import ensure_image, layer_dirs
-        from sandbox.storage import overlay
 
+        before = _RunCache.stamp()
         ctx = ImageContext()
         store = ctx.store
         progress = prog.for_stream(sys.stderr, quiet=False)
@@ -172,30 +449,42 @@ class _Image:
                                   tls_verify=tls_verify, progress=progress, warn=warn)
         finally:
             progress.close()
-        config = load_config(store, record)
+        config = _RunConfig.of(load_config(store, record))
         dirs = [str(d) for d in layer_dirs(store, record)]
-        layer = overlay.ContainerLayer(paths.container_dir(container_id))
-        layer.create()
-        root = overlay.root_for(dirs, layer, read_only)
-        return cls(config, root, overlay.layers_reader(dirs), layer, ctx)
+        image_name = _image_name(name, record)
+        _RunCache.put(name, before, {"name": image_name, "id": record.id,
+                                     "config": config.to_json(), "dirs": dirs})
+        return cls(image_name, record.id, config, dirs, container_id, read_only)
 
-    def args(self, entrypoint: str | None, command: list[str]) -> list[str]:
+    def split_args(self, entrypoint: str | None, command: list[str]
+                   ) -> tuple[list[str], list[str]]:
         """docker's rule: ENTRYPOINT + (the command given, else the image's CMD);
-        --entrypoint replaces the image's entrypoint and drops its CMD."""
+        --entrypoint replaces the image's entrypoint and drops its CMD. Returns
+        (entrypoint, cmd), podman's Config.Entrypoint and Config.Cmd."""
         if entrypoint is not None:
             ep = [entrypoint] if entrypoint else []
             cmd = command
         else:
             ep = list(self.config.entrypoint or [])
             cmd = command or list(self.config.cmd or [])
-        args = ep + cmd
-        if not args:
+        if not ep + cmd:
             raise UsageError("no command given and the image has no Cmd or Entrypoint",
                              hint="sbx run IMAGE COMMAND [ARG...]")
-        return args
+        return ep, cmd
 
-    def cleanup(self) -> None:
-        # The writable layer may hold files the container chowned to other ids.
-        from pathlib import Path
 
-        self.ctx.remove_tree(Path(self.layer.dir))
+def _image_name(text: str, record: Any) -> str:
+    """The image's name as podman's ImageName shows it: the stored name `text`
+    resolves to (busybox -> docker.io/library/busybox:latest), else as typed."""
+    from sandbox.images.pull import store_name
+    from sandbox.registry.reference import parse_reference
+
+    try:
+        full = store_name(parse_reference(text))
+    except Exception:  # an id, or a name the store matched by suffix
+        full = ""
+    if full in record.names:
+        return full
+    if record.id.partition(":")[2].startswith(text) and record.names:
+        return str(record.names[0])
+    return text

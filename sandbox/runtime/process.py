@@ -17,6 +17,11 @@ thread before the fork. The parent is a child subreaper (prctl(2)) so the contai
 is re-parented to it when the intermediate exits, and sbx can wait for it directly.
 Errors in the children travel back over a pipe as JSON and are raised in the parent,
 so only the CLI prints them.
+
+Two entry points: `run()` runs a container in the foreground on sbx's own stdio and
+returns its status; `launch()` stops once the command has exec'd and hands back a
+`Launched` container, whose stdio the caller chose (a container monitor passes pipes
+and reads them, as conmon does; sandbox/containers/monitor.py).
 """
 
 from __future__ import annotations
@@ -81,6 +86,16 @@ def _decode_error(data: bytes) -> SbxError:
         err2.message = "can't set up the container: " + err2.message
         return err2
     return SbxError(info.get("message", "container setup failed"), info.get("hint"))
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """An error as bytes another process can raise again with decode_error (how a
+    detached container monitor reports a failed start to `sbx run -d`)."""
+    return marshal.dumps(_encode_error(exc))
+
+
+def decode_error(data: bytes) -> SbxError:
+    return _decode_error(data)
 
 
 def _die(err_w: int, exc: BaseException) -> NoReturn:
@@ -195,6 +210,11 @@ def _exec(spec: Spec, err_w: int) -> NoReturn:
     # cross into the container (podman leaks nothing without --preserve-fds).
     os.closerange(3, err_w)
     os.closerange(err_w + 1, 1 << 16)
+    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
+    # exec: give the command the defaults, as CPython's subprocess does
+    # (restore_signals), or `yes | head` in the container never ends on SIGPIPE.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvpe(args[0], args, env)
     except OSError as exc:
@@ -257,7 +277,12 @@ def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
 
 
 def _intermediate(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
-                  interactive: bool) -> NoReturn:
+                  interactive: bool, stdio: tuple[int, int, int] | None) -> NoReturn:
+    if stdio is not None:
+        # The container's stdin, stdout and stderr; the originals close at exec.
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
     sys.unshare(sc.CLONE_NEWUSER)
     sock.send(b"userns")
     if sock.recv(16) != b"mapped":
@@ -352,9 +377,70 @@ def _kill_and_reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
-        sys: sc.Syscalls | None = None) -> int:
-    """Run the container in the foreground; return its exit status as a shell would."""
+class Launched:
+    """A container whose command has exec'd: its pid 1 is this process's child.
+
+    Signals this process receives are forwarded to it (as sbx's own, below) until
+    `close()`. `wait()` reaps it and gives its status as a shell would; `close()`
+    kills and reaps it if it is still there, and must always be called.
+    """
+
+    def __init__(self, pid: int, master: int, forwarder: _Forwarder, sock: _socket.socket,
+                 err_r: int) -> None:
+        self.pid = pid
+        self.master = master  # the pty master with a terminal, else -1
+        self._forwarder = forwarder
+        self._sock = sock
+        self._err_r = err_r
+        self._status: int | None = None
+        self._closed = False
+
+    def alive(self) -> bool:
+        """True while pid 1 has not exited (its status is left for wait())."""
+        return self._status is None and _alive(self.pid)
+
+    def wait(self) -> int:
+        """Reap pid 1; its exit status, or 128+N when signal N killed it."""
+        if self._status is None:
+            try:
+                _pid, status = os.waitpid(self.pid, 0)  # EINTR is retried (PEP 475)
+            except ChildProcessError:
+                status = 0xFF00  # reaped elsewhere: the status is lost (255)
+            code = os.waitstatus_to_exitcode(status)
+            self._status = 128 - code if code < 0 else code
+        return self._status
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._status is None:
+            _kill_and_reap(self.pid)
+            self._status = 128 + signal.SIGKILL
+        self._forwarder.__exit__(None, None, None)
+        self._sock.close()
+        os.close(self._err_r)
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+    def __enter__(self) -> Launched:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def launch(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
+           stdio: tuple[int, int, int] | None = None,
+           sys: sc.Syscalls | None = None) -> Launched:
+    """Start the container and return once its command has exec'd.
+
+    `stdio`: the descriptors to give it as 0, 1 and 2 (default: this process's own).
+    Without `interactive` its stdin is /dev/null whatever `stdio` says. Raises the
+    children's error (ExecError for 126/127) when setup or exec failed, with nothing
+    left running.
+    """
     sys = sys or sc.Syscalls()
     sc.libc()  # load libc before forking, once
     # SOCK_SEQPACKET keeps message boundaries; the fds are O_CLOEXEC.
@@ -368,7 +454,7 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
         parent_sock.close()
         os.close(err_r)
         try:
-            _intermediate(spec, child_sock, err_w, sys, interactive)
+            _intermediate(spec, child_sock, err_w, sys, interactive, stdio)
         except BaseException as exc:  # must never return into sbx
             _die(err_w, exc)
         finally:
@@ -376,8 +462,9 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
     child_sock.close()
     os.close(err_w)
     intermediate = pid1  # 0 once reaped
-    container = 0  # 0 once reaped
+    container = 0  # 0 once reaped or handed over
     master = -1
+    forwarder: _Forwarder | None = None
     try:
         if parent_sock.recv(64) != b"userns":
             os.waitpid(pid1, 0)
@@ -405,29 +492,40 @@ def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             if os.isatty(0):
                 terminal.copy_winsize(0, master)
         parent_sock.send(b"go")
-        with _Forwarder(container) as forwarder:
-            failure = _read_all(err_r)  # EOF when exec succeeded (CLOEXEC)
-            if failure:
-                os.waitpid(container, 0)
-                container = 0
-                raise _decode_error(failure)
-            forwarder.start(spec.init)
-            if master >= 0:
-                terminal.relay(master, interactive, lambda: _alive(container))
-            _pid, status = os.waitpid(container, 0)
+        forwarder = _Forwarder(container).__enter__()
+        failure = _read_all(err_r)  # EOF when exec succeeded (CLOEXEC)
+        if failure:
+            os.waitpid(container, 0)
             container = 0
-        code = os.waitstatus_to_exitcode(status)
-        return 128 - code if code < 0 else code
-    finally:
+            raise _decode_error(failure)
+        forwarder.start(spec.init)
+        launched = Launched(container, master, forwarder, parent_sock, err_r)
+        container = 0
+        return launched
+    except BaseException:
         # On any failure (an error, Ctrl-C during setup) nothing may be left running;
         # the container's pid namespace takes its other processes with it.
         for pid in (container, intermediate):
             if pid:
                 _kill_and_reap(pid)
+        if forwarder is not None:
+            forwarder.__exit__(None, None, None)
         parent_sock.close()
         os.close(err_r)
         if master >= 0:
             os.close(master)
+        raise
+
+
+def run(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
+        sys: sc.Syscalls | None = None) -> int:
+    """Run the container in the foreground; return its exit status as a shell would."""
+    with launch(spec, maps, interactive, sys=sys) as ctr:
+        if ctr.master >= 0:
+            from sandbox.runtime import terminal
+
+            terminal.relay(ctr.master, interactive, ctr.alive)
+        return ctr.wait()
 
 
 def _alive(pid: int) -> bool:

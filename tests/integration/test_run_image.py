@@ -4,7 +4,6 @@ user's namespace, with the image config's Cmd, Env, WorkingDir and User."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -76,15 +75,22 @@ def test_user_from_the_image_passwd(sbx: SbxRunner, image: str) -> None:
 def test_writes_go_to_the_container_and_are_gone_after(
     sbx: SbxRunner, image: str, test_user: User
 ) -> None:
-    r = _run(sbx, image, "sh", "-c",
-             "echo new > /data/b && rm /data/c && chown 1000 /data/b && cat /data/b")
+    # The writes land in the container's own layer: a second container does not see
+    # them, and `sbx rm` removes the layer, files of uid 1000 (a subordinate id) too.
+    created = sbx.run("create", "--tls-verify=false", image, "sh", "-c",
+                      "echo new > /data/b && rm /data/c && chown 1000 /data/b && cat /data/b")
+    assert created.returncode == 0, created.stderr
+    cid = created.stdout.strip()
+    r = sbx.run("start", "-a", cid)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "new\n"
-    r = _run(sbx, image, "sh", "-c", "cat /data/b /data/c")
+    r = _run(sbx, "--rm", image, "sh", "-c", "cat /data/b /data/c")
     assert r.stdout == (BUSYBOX_EXPECTED_FILES["data/b"] + BUSYBOX_EXPECTED_FILES["data/c"]
                         ).decode()
-    containers = Path(test_user.home) / ".local/share/sbx/containers"
-    assert not containers.exists() or os.listdir(containers) == []
+    layer = Path(test_user.home) / ".local/share/sbx/containers" / cid
+    assert (layer / "layer" / "upper" / "data" / "b").exists()
+    assert sbx.run("rm", cid).returncode == 0
+    assert not layer.exists()
 
 
 def test_read_only_image_root(sbx: SbxRunner, image: str) -> None:
