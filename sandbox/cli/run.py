@@ -56,6 +56,8 @@ CREATE_OPTIONS: list[Callable[..., Any]] = [
     click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]),
                  default="missing", show_default=True, help="When to pull the image."),
     tls_verify_option,
+    click.option("--storage-driver", metavar="DRIVER",
+                 help="overlay, fuse or vfs (default: auto; see `sbx info`)."),
     click.option("--name", metavar="NAME", help="Name the container (default: generated)."),
     click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
                  help="Set a label on the container."),
@@ -162,6 +164,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
             raise UsageError("no image given", hint="sbx run [OPTIONS] IMAGE [COMMAND...]")
         image = _Image.prepare(command[0], opts["pull_policy"], opts["tls_verify"],
                                container_id, opts["read_only"])
+        image.choose_storage(opts["storage_driver"], keep_id, maps)
         entrypoint, cmd = image.split_args(opts["entrypoint"], list(command[1:]))
         args = entrypoint + cmd
         rootfs = image.root.path
@@ -222,6 +225,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
             "hostname": spec.hostname,
             "keep_id_user": keep_id_user,
             "read_only": bool(opts["read_only"]),
+            "storage_driver": image.driver if image else "",
             "volumes": list(opts["volume"]) + [f"tmpfs:{t}" for t in opts["tmpfs"]],
             "create_command": ["sbx", *sys.argv[1:]],
             "spec": specjson.to_json(spec),
@@ -230,7 +234,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
         container = store.create(container_id, config, name,
                                  durable=not opts["auto_remove"])
         if image is not None:
-            image.layer.create()
+            image.create_layer()
         ok = True
     finally:
         with contextlib.suppress(OSError):
@@ -420,8 +424,49 @@ class _Image:
         self.config = config
         self.dirs = dirs
         self.layer = overlay.ContainerLayer(paths.container_layer_dir(container_id))
+        self.read_only = read_only
+        self.driver = "overlay"
+        self.maps: Any = None
         self.root = overlay.root_for(dirs, self.layer, read_only)
         self.read = overlay.layers_reader(dirs)
+
+    def choose_storage(self, requested: str | None, keep_id: bool, maps: Any) -> None:
+        """Pick the storage driver (sandbox/storage/drivers.py) and build the root."""
+        from sandbox.runtime import idmap
+        from sandbox.runtime.spec import Root
+        from sandbox.storage import drivers, fuse
+
+        self.maps = maps
+        self.driver = drivers.choose(drivers.requested(requested), keep_id)
+        if self.driver == "fuse":
+            uid_shift: list[Any] = []
+            gid_shift: list[Any] = []
+            if keep_id:
+                # The layers were unpacked under the default map; show them as built.
+                default = idmap.plan_for_current_user(keep_id=False)
+                uid_shift = idmap.shift(default.uid_maps, maps.uid_maps)
+                gid_shift = idmap.shift(default.gid_maps, maps.gid_maps)
+            self.root = fuse.root_for(drivers.sbx_fs() or "sbx-fs", self.dirs, self.layer,
+                                      self.read_only, uid_shift, gid_shift)
+            return
+        if self.driver == "vfs":
+            self.root = Root(self.layer.merged, self.read_only)
+        if keep_id:
+            warn(f"the {self.driver} storage driver cannot shift the image's owners for "
+                 "--userns=keep-id: files the image's root owns appear as yours; "
+                 "use --storage-driver=fuse")
+
+    def create_layer(self) -> None:
+        """The container's own directories; for vfs, its full copy of the image."""
+        self.layer.create()
+        if self.driver == "vfs":
+            from sandbox.runtime import idmap, userns
+            from sandbox.storage import vfs
+
+            # Copied under the map the layers were unpacked with, owners as stored.
+            dirs, merged = self.dirs, self.layer.merged
+            userns.call(lambda: vfs.populate(dirs, merged),
+                        idmap.plan_for_current_user(keep_id=False))
 
     @property
     def labels(self) -> dict[str, str]:

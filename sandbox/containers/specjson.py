@@ -43,6 +43,8 @@ def to_json(spec: Spec) -> dict[str, Any]:
     if spec.root.mount is not None:
         extra["rootMount"] = _mount_to_json(spec.root.mount)
         extra["rootMountCwd"] = spec.root.mount_cwd
+    if spec.root.mount_program:
+        extra["rootMountProgram"] = list(spec.root.mount_program)
     doc["sbx"] = extra
     return doc
 
@@ -77,7 +79,8 @@ def from_json(doc: dict[str, Any]) -> Spec:
     root_mount = extra.get("rootMount")
     root = Root(str(root_doc["path"]), bool(root_doc.get("readonly", False)),
                 mount=_mount_from_json(root_mount) if root_mount else None,
-                mount_cwd=extra.get("rootMountCwd"))
+                mount_cwd=extra.get("rootMountCwd"),
+                mount_program=extra.get("rootMountProgram"))
     linux_doc = doc.get("linux", {})
     linux = Linux(
         namespaces=[str(n["type"]) for n in linux_doc.get("namespaces", [])],

@@ -214,3 +214,23 @@ def _write(path: str, text: str) -> None:
             f"can't write {path}: {exc.strerror}",
             hint="user namespaces may be restricted here; run `sbx system check`",
         ) from None
+
+
+def shift(stored: Sequence[IdMapping], seen: Sequence[IdMapping]) -> list[IdMapping]:
+    """How a filesystem must shift ids for a container (fuse-overlayfs's uidmapping).
+
+    Image layers are unpacked under the default map `stored` (container id c is kept
+    on disk as host id h). A container run under another map `seen` (keep-id) sees
+    host id h as its own id n. To show the image as it was built, the filesystem must
+    present n as c: the result maps container id c to the id n it finds on disk, as
+    `uidmapping=C:N:SIZE` segments. Ids unmapped in `seen` are left out (nobody).
+    """
+    out: list[IdMapping] = []
+    for m in stored:
+        for r in seen:
+            lo = max(m.host_id, r.host_id)
+            hi = min(m.host_id + m.size, r.host_id + r.size)
+            if lo < hi:
+                out.append(IdMapping(m.container_id + lo - m.host_id,
+                                     r.container_id + lo - r.host_id, hi - lo))
+    return sorted(out, key=lambda x: x.container_id)

@@ -276,6 +276,61 @@ def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
     _exec(spec, err_w)
 
 
+def _run_mount_program(argv: list[str], target: str) -> None:
+    """Run a mount program (it daemonizes once mounted) and check that it mounted."""
+    before = os.stat(target).st_dev
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            # As root of the namespace: under keep-id this process is the user's own
+            # uid, and exec would drop the capabilities a FUSE mount needs.
+            with contextlib.suppress(OSError):
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+            os.execv(argv[0], argv)
+        except OSError as exc:
+            os.write(w, str(exc.errno or errno.ENOENT).encode())
+        finally:
+            os._exit(127)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        failed = f.read()
+    _pid, status = os.waitpid(pid, 0)
+    if failed:
+        raise SyscallError(f"run {argv[0]}", int(failed), None,
+                           "reinstall sbx (sbx-fs comes with it)")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or os.stat(target).st_dev == before:
+        raise SbxError(f"{os.path.basename(argv[0])} could not mount the container's "
+                       f"root on {target} (exit status {code})",
+                       hint="its message is above; or try --storage-driver=vfs")
+
+
+def reap_orphans() -> None:
+    """End what the container left behind as our children (sbx is a child subreaper:
+    a filesystem daemon the container started re-parents to it), and reap it."""
+    me = str(os.getpid())
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == me:
+            with contextlib.suppress(OSError):
+                os.kill(int(name), signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(name), 0)
+
+
 def _intermediate(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
                   interactive: bool, stdio: tuple[int, int, int] | None) -> NoReturn:
     if stdio is not None:
@@ -290,6 +345,15 @@ def _intermediate(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls
     flags = 0
     for ns in spec.linux.namespaces:
         flags |= _NS_FLAGS.get(ns, 0)
+    if spec.root.mount_program:
+        # A mount namespace of its own for the filesystem daemon, outside the
+        # container's pid namespace (podman runs fuse-overlayfs the same way). The
+        # container then gets a further mount namespace: pivot_root moves the root
+        # of every process in its namespace (pivot_root(2)), and the daemon must
+        # keep the host's view of the layers.
+        sys.unshare(sc.CLONE_NEWNS)
+        sys.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE, None)
+        _run_mount_program(spec.root.mount_program, spec.root.path)
     sys.unshare(flags)
     pid = os.fork()
     if pid == 0:
@@ -389,6 +453,7 @@ class Launched:
                  err_r: int) -> None:
         self.pid = pid
         self.master = master  # the pty master with a terminal, else -1
+        self.has_daemons = False  # a mount program's daemon to end with the container
         self._forwarder = forwarder
         self._sock = sock
         self._err_r = err_r
@@ -417,6 +482,8 @@ class Launched:
         if self._status is None:
             _kill_and_reap(self.pid)
             self._status = 128 + signal.SIGKILL
+        if self.has_daemons:
+            reap_orphans()
         self._forwarder.__exit__(None, None, None)
         self._sock.close()
         os.close(self._err_r)
@@ -500,6 +567,7 @@ def launch(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             raise _decode_error(failure)
         forwarder.start(spec.init)
         launched = Launched(container, master, forwarder, parent_sock, err_r)
+        launched.has_daemons = bool(spec.root.mount_program)
         container = 0
         return launched
     except BaseException:
@@ -508,6 +576,8 @@ def launch(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
         for pid in (container, intermediate):
             if pid:
                 _kill_and_reap(pid)
+        if spec.root.mount_program:
+            reap_orphans()  # a filesystem daemon that mounted the root
         if forwarder is not None:
             forwarder.__exit__(None, None, None)
         parent_sock.close()

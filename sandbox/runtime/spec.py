@@ -103,14 +103,19 @@ class Root(Record):
     "l/" links do).
     """
 
-    __slots__ = ("path", "readonly", "mount", "mount_cwd")
+    __slots__ = ("path", "readonly", "mount", "mount_cwd", "mount_program")
 
     def __init__(self, path: str, readonly: bool = False, mount: Mount | None = None,
-                 mount_cwd: str | None = None) -> None:
+                 mount_cwd: str | None = None, mount_program: list[str] | None = None
+                 ) -> None:
         self.path = path
         self.readonly = readonly
         self.mount = mount
         self.mount_cwd = mount_cwd
+        # A command that mounts the root on `path` and returns once it is mounted
+        # (sbx-fs, fuse-overlayfs), run in the container's user and mount namespaces
+        # before its pid namespace exists, so the filesystem daemon stays outside it.
+        self.mount_program = mount_program
 
 
 class Linux(Record):

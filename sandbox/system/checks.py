@@ -831,12 +831,26 @@ def info(checks: Sequence[Check] | None = None) -> dict[str, Any]:
             "subgid": [{"start": r.start, "count": r.count} for r in _ranges("gid", user)],
         },
         "store": {
+            "storage_driver": _storage_driver(),
             "data_dir": str(paths.data_dir()),
             "config_dir": str(paths.config_dir()),
             "runtime_dir": runtime,
         },
         "checks": {c.name: c.status for c in checks},
     }
+
+
+def _storage_driver() -> str:
+    """The driver a container gets here, and why (sandbox/storage/drivers.py)."""
+    from sandbox.storage import drivers
+
+    try:
+        asked = drivers.requested()
+        chosen = drivers.choose(asked)
+    except SbxError as err:
+        return f"error: {err.message}"
+    return chosen if asked != "auto" else f"{chosen} (auto; keep-id: "\
+        f"{drivers.choose(asked, keep_id=True)})"
 
 
 def _guarded_cgroups() -> CgroupInfo:

@@ -51,3 +51,19 @@ def test_single_maps():
 
 def test_to_container_of_an_unmapped_id_is_none():
     assert to_container(default_maps(1000, []), 4242) is None
+
+
+def test_shift_presents_keep_id_disk_ids_as_the_image_built_them():
+    from sandbox.runtime.idmap import shift
+
+    ranges = [Range(100000, 65536)]
+    stored = default_maps(1000, ranges)  # how the layers were unpacked
+    seen = keep_id_maps(1000, ranges)  # how a keep-id container sees the disk
+    segments = shift(stored, seen)
+    # Image root (host 1000) is seen as 1000 under keep-id: present it as 0 again.
+    assert IdMapping(0, 1000, 1) in segments
+    # Image uid 1..1000 are host 100000..100999, seen as 0..999 under keep-id.
+    assert IdMapping(1, 0, 1000) in segments
+    # The rest stay where they are.
+    assert IdMapping(1001, 1001, 64535) in segments
+    assert map_size(segments) == 65537

@@ -1,0 +1,48 @@
+"""Every storage driver runs the same image the same way, as the unprivileged user:
+kernel overlayfs, sbx's own FUSE filesystem (fs/) and vfs; and keep-id on the fuse
+driver shows the image's owners as built, with the user's own uid inside."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+from helpers import SbxRunner
+from image_rig import BUSYBOX_EXPECTED_FILES, HARDLINK, OPAQUE_DIR, SUID_FILE, PushedImages
+
+pytest_plugins = ["registry_rig", "image_rig"]
+
+DRIVERS = ["overlay", "fuse", "vfs"]
+
+
+def _run(sbx: SbxRunner, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return sbx.run("run", "--rm", "--tls-verify=false", *args, **kw)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_driver_shows_the_image(sbx: SbxRunner, pushed_images: PushedImages,
+                                driver: str) -> None:
+    link, target = HARDLINK
+    script = ("cat /data/b /data/c; ls /" + OPAQUE_DIR + "; test -e /data/a || echo gone; "
+              f"stat -c '%u:%g %a' /home/tester /{SUID_FILE}; "
+              f"test $(stat -c %i /{link}) = $(stat -c %i /{target}) && echo linked; "
+              "echo new > /data/b && cat /data/b; id -u")
+    r = _run(sbx, "--storage-driver", driver, pushed_images.busybox.ref, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    expected = (BUSYBOX_EXPECTED_FILES["data/b"] + BUSYBOX_EXPECTED_FILES["data/c"]).decode()
+    assert r.stdout == expected + "z\ngone\n1000:1000 755\n0:0 4755\nlinked\nnew\n0\n"
+
+
+def test_keep_id_on_fuse_keeps_the_image_owners(sbx: SbxRunner, pushed_images: PushedImages,
+                                                test_user: Any) -> None:
+    r = _run(sbx, "--storage-driver", "fuse", "--userns=keep-id", pushed_images.busybox.ref,
+             "sh", "-c", "id -u; stat -c %u /bin/busybox /home/tester")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(test_user.uid), "0", "1000"]
+
+
+def test_unknown_driver_is_a_clear_error(sbx: SbxRunner, pushed_images: PushedImages) -> None:
+    r = _run(sbx, "--storage-driver", "zfs", pushed_images.busybox.ref, "true")
+    assert r.returncode == 125
+    assert "unknown storage driver 'zfs'" in r.stderr
