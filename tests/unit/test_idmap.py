@@ -65,5 +65,5 @@ def test_shift_presents_keep_id_disk_ids_as_the_image_built_them():
     # Image uid 1..1000 are host 100000..100999, seen as 0..999 under keep-id.
     assert IdMapping(1, 0, 1000) in segments
     # The rest stay where they are.
-    assert IdMapping(1001, 1001, 64535) in segments
+    assert IdMapping(1001, 1001, 64536) in segments
     assert map_size(segments) == 65537
