@@ -46,3 +46,29 @@ def test_unknown_driver_is_a_clear_error(sbx: SbxRunner, pushed_images: PushedIm
     r = _run(sbx, "--storage-driver", "zfs", pushed_images.busybox.ref, "true")
     assert r.returncode == 125
     assert "unknown storage driver 'zfs'" in r.stderr
+
+
+@pytest.mark.parametrize("driver", ["overlay", "fuse"])
+def test_diff_lists_added_changed_and_deleted(sbx: SbxRunner, pushed_images: PushedImages,
+                                              driver: str) -> None:
+    name = f"diff-{driver}"
+    r = sbx.run("run", "--tls-verify=false", "--name", name, "--storage-driver", driver,
+                pushed_images.busybox.ref, "sh", "-c",
+                "echo x > /new-file; echo y >> /data/b; rm /data/c; mkdir /newdir")
+    assert r.returncode == 0, r.stderr
+    cid = sbx.run("inspect", "--format", "{{.Id}}", name).stdout.strip()
+    assert len(cid) == 64
+    try:
+        r = sbx.run("diff", name)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        for line in ("A /new-file", "A /newdir", "C /data/b", "D /data/c", "C /data"):
+            assert line in lines
+        # sbx's own mount points are not the container's changes
+        assert not any(p in r.stdout for p in ("/proc", "/etc/hosts", "/dev"))
+    finally:
+        sbx.run("rm", "-f", name)
+    # Nothing of the fuse driver is left running once the container is gone: its
+    # sbx-fs names the container's layer directory on its command line.
+    ps = subprocess.run(["pgrep", "-f", f"sbx-fs .*{cid}"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
