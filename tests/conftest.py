@@ -72,14 +72,26 @@ def nosub_user() -> User:
     return _user(NOSUB_USER)
 
 
-@pytest.fixture
-def sbx(test_user: User) -> SbxRunner:
-    return SbxRunner(test_user)
+def _data_home(session_tmp: Path, user: User) -> Path:
+    path = session_tmp / f"data-{user.name}"
+    if not path.exists():
+        path.mkdir(mode=0o700)
+        user.chown(path)
+    return path
 
 
 @pytest.fixture
-def sbx_nosub(nosub_user: User) -> SbxRunner:
-    return SbxRunner(nosub_user)
+def sbx(test_user: User, session_tmp: Path) -> SbxRunner:
+    """sbx as the test user, with this session's own data directory (images,
+    containers), removed with the session."""
+    return SbxRunner(test_user, base_env={
+        "XDG_DATA_HOME": str(_data_home(session_tmp, test_user))})
+
+
+@pytest.fixture
+def sbx_nosub(nosub_user: User, session_tmp: Path) -> SbxRunner:
+    return SbxRunner(nosub_user, base_env={
+        "XDG_DATA_HOME": str(_data_home(session_tmp, nosub_user))})
 
 
 @pytest.fixture

@@ -93,9 +93,13 @@ def sbx_script() -> Path:
 class SbxRunner:
     """Runs the installed sbx as one unprivileged user, with a clean environment."""
 
-    def __init__(self, user: User, script: Path | None = None) -> None:
+    def __init__(self, user: User, script: Path | None = None,
+                 base_env: Mapping[str, str] | None = None) -> None:
         self.user = user
         self.script = script or sbx_script()
+        # Under every call's own env: the session's data directory, so containers
+        # and images the suite leaves do not pile up in the user's home.
+        self.base_env = dict(base_env or {})
 
     def argv(self, args: Sequence[str | os.PathLike[str]]) -> list[str]:
         return [str(self.script), *map(str, args)]
@@ -119,7 +123,7 @@ class SbxRunner:
             check=check,
             # The checkout may be unreadable to the user (CI clones under /root).
             cwd=cwd or self.user.home,
-            env=self.user.env(env),
+            env=self.user.env({**self.base_env, **(env or {})}),
             user=self.user.uid,
             group=self.user.gid,
             extra_groups=[],
@@ -138,7 +142,7 @@ class SbxRunner:
         return subprocess.Popen(
             self.argv(args),
             cwd=cwd or self.user.home,
-            env=self.user.env(env),
+            env=self.user.env({**self.base_env, **(env or {})}),
             user=self.user.uid,
             group=self.user.gid,
             extra_groups=[],
@@ -156,7 +160,7 @@ class SbxRunner:
         does, plus dropping to the user). Returns (pid, master_fd); the caller
         reads and writes master_fd and reaps pid with os.waitpid."""
         argv = self.argv(args)
-        environ = self.user.env({"TERM": "xterm", **(env or {})})
+        environ = self.user.env({"TERM": "xterm", **self.base_env, **(env or {})})
         workdir = os.fspath(cwd or self.user.home)
         master, slave = os.openpty()
         pid = os.fork()

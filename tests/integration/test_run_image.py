@@ -87,7 +87,7 @@ def test_writes_go_to_the_container_and_are_gone_after(
     r = _run(sbx, "--rm", image, "sh", "-c", "cat /data/b /data/c")
     assert r.stdout == (BUSYBOX_EXPECTED_FILES["data/b"] + BUSYBOX_EXPECTED_FILES["data/c"]
                         ).decode()
-    layer = Path(test_user.home) / ".local/share/sbx/containers" / cid
+    layer = Path(sbx.base_env["XDG_DATA_HOME"]) / "sbx/containers" / cid
     assert (layer / "layer" / "upper" / "data" / "b").exists()
     assert sbx.run("rm", cid).returncode == 0
     assert not layer.exists()
