@@ -386,7 +386,11 @@ class Overlay:
             dfd = self._upper_dir(parent)
             if whiteout.exists(dfd, name):
                 return
+            before = os.fstat(dfd)
             os.link(sn, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            # Part of a copy-up: the directory's times stay as they were (the
+            # kernel's ovl_copy_up_one puts them back too).
+            self._restore_times(dfd, before)
         except OSError as exc:
             log.warning("cannot link %r to its copied-up hard link: %s", name, exc)
 
