@@ -240,3 +240,23 @@ def remove_tree(path: Path) -> None:
     for point in _mounts_under(path):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
     shutil.rmtree(path)
+
+
+def processes_with(user: User, marker: str) -> list[str]:
+    """Live processes of the user whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != user.uid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(f"{entry}: {cmdline}")
+    return found

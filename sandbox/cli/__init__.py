@@ -56,20 +56,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
+    """A click group whose subcommands are imported on first use.
+
+    `table` maps each verb to ("module:attribute", one-line help); `unlisted` verbs
+    (aliases such as `container ps`) work but are not listed. Groups of their own
+    (`sbx image`, `sbx container`) subclass it with their own table.
+    """
+
+    table: dict[str, tuple[str, str]] = COMMANDS
+    unlisted: frozenset[str] = frozenset()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(k for k in self.table if k not in self.unlisted)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = COMMANDS.get(cmd_name)
+        entry = self.table.get(cmd_name)
         if entry is None:
             return None
         module_name, _, attr = entry[0].partition(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        rows = [(name, self.table[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

@@ -10,13 +10,12 @@ the exit code is the last error's (or a verb's own rule, see rm).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from sandbox.cli import handle_errors
+from sandbox.cli import LazyGroup, handle_errors
 from sandbox.errors import SbxError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -38,21 +37,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _ContainerGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(k for k in SUBCOMMANDS if k not in ("list", "ps"))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = SUBCOMMANDS.get(cmd_name)
-        if entry is None:
-            return None
-        module, _, attr = entry[0].partition(":")
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, SUBCOMMANDS[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+class _ContainerGroup(LazyGroup):
+    table = SUBCOMMANDS
+    unlisted = frozenset({"list", "ps"})
 
 
 @click.group(cls=_ContainerGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,13 +10,12 @@ container uses, then the blobs and layers nothing references.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
 import click
 
-from sandbox.cli import handle_errors
+from sandbox.cli import LazyGroup, handle_errors
 from sandbox.cli.images import (
     ImageContext,
     echo_json,
@@ -44,21 +43,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _ImageGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(k for k in SUBCOMMANDS if k != "list")
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = SUBCOMMANDS.get(cmd_name)
-        if entry is None:
-            return None
-        module, _, attr = entry[0].partition(":")
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, SUBCOMMANDS[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+class _ImageGroup(LazyGroup):
+    table = SUBCOMMANDS
+    unlisted = frozenset({"list"})
 
 
 @click.group(cls=_ImageGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -89,26 +89,6 @@ class Life:
         return str(self.inspect(name)["State"]["Status"])
 
 
-def processes_with(user: User, marker: str) -> list[str]:
-    """Live processes of the user whose command line holds `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != user.uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(f"{entry}: {cmdline}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def life_store(test_user: User, pushed_images: PushedImages) -> Iterator[tuple[Path, str]]:
     """An image store with the busybox image, pulled once for the module."""

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import test_lifecycle_commands as rig
-from helpers import SbxRunner, User
-from test_lifecycle_commands import Life, end_life, make_life, processes_with
+from helpers import SbxRunner, User, processes_with
+from test_lifecycle_commands import Life, end_life, make_life
 
 pytest_plugins = ["registry_rig", "image_rig"]
 

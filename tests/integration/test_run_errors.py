@@ -8,33 +8,12 @@ command line of every sbx process and in the state directory's generated hostnam
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import SbxRunner, User
-
-
-def processes_with(user: User, marker: str) -> list[str]:
-    """Command lines of the user's live processes that mention marker."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != user.uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(f"{entry}: {cmdline}")
-    return found
+from helpers import SbxRunner, User, processes_with
 
 
 def state_dirs_with(user: User, marker: str) -> list[Path]:
