@@ -37,6 +37,6 @@ fi
 if ! grep -q "^$user:" /etc/subuid; then
     echo "demo: $user has no range in /etc/subuid; sbx maps only their own id"
 fi
-echo "demo: as $user: sbx run --rootfs $rootfs -- sh -c '...'"
-as_user sbx run --rootfs "$rootfs" -- \
+echo "demo: as $user: sbx run --rm --rootfs $rootfs -- sh -c '...'"
+as_user sbx run --rm --rootfs "$rootfs" -- \
     sh -c 'echo "hello from $(hostname)"; id; cat /proc/self/uid_map'
