@@ -13,27 +13,13 @@ import os
 import stat
 from collections.abc import Sequence
 
-from sandbox.runtime.securejoin import secure_join
+from sandbox.storage.overlay import find_in_layers
 
 # What sbx's runtime creates in every container's root before mounting over it.
 RUNTIME_PATHS = frozenset({
     "/proc", "/sys", "/dev", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf",
     "/run/sbx-init", "/etc/passwd", "/etc/group",
 })
-
-
-def _in_layers(layers: Sequence[str], path: str) -> bool:
-    for layer in reversed(layers):  # top first
-        target = secure_join(layer, path)
-        head, name = os.path.split(target)
-        if os.path.lexists(os.path.join(head, ".wh." + name)):
-            return False
-        try:
-            st = os.lstat(target)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0)
-    return False
 
 
 def changes(upper: str, layers: Sequence[str]) -> list[tuple[str, str]]:
@@ -51,7 +37,7 @@ def changes(upper: str, layers: Sequence[str]) -> list[tuple[str, str]]:
             elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 out.append(("D", path))
             elif not _runtime_only(full, path, st):
-                out.append(("C" if _in_layers(layers, path) else "A", path))
+                out.append(("C" if find_in_layers(layers, path) else "A", path))
     return sorted(out, key=lambda kp: kp[1])
 
 

@@ -54,29 +54,38 @@ def root_for(layer_dirs: Sequence[str], layer: ContainerLayer, readonly: bool = 
     return Root(layer.merged, readonly, mount=mount, mount_cwd=base)
 
 
-def layers_reader(layer_dirs: Sequence[str]) -> Callable[[str], str]:
-    """Read a small file (/etc/passwd) as the union of `layer_dirs` would show it,
-    without mounting: the topmost layer that has the path wins, and a whiteout
-    (0/0 char device, or a `.wh.` file) or a non-file hides the layers below.
-    Each layer is resolved with `secure_join`, never following a link out of it.
+def find_in_layers(layer_dirs: Sequence[str], path: str) -> tuple[str, os.stat_result] | None:
+    """Where `path` is in the union of `layer_dirs` (lowest first), without mounting:
+    the topmost layer that has it wins; a whiteout (a 0/0 char device, or a `.wh.`
+    file) hides it and the layers below. Returns (host path, lstat) or None. Each
+    layer is resolved with `secure_join`, never following a link out of it.
     """
+    for layer in reversed(layer_dirs):  # top first
+        target = secure_join(layer, path)
+        head, name = os.path.split(target)
+        if os.path.lexists(os.path.join(head, ".wh." + name)):
+            return None
+        try:
+            st = os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None
+        return target, st
+    return None
+
+
+def layers_reader(layer_dirs: Sequence[str]) -> Callable[[str], str]:
+    """Read a small file (/etc/passwd) as the union of `layer_dirs` shows it."""
+
     def read(path: str) -> str:
-        for layer in reversed(layer_dirs):  # top first
-            target = secure_join(layer, path)
-            head, name = os.path.split(target)
-            if os.path.lexists(os.path.join(head, ".wh." + name)):
-                return ""
-            try:
-                st = os.lstat(target)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                return ""  # a whiteout, a directory or a device: nothing to read
-            try:
-                with open(target, encoding="utf-8", errors="replace") as f:
-                    return f.read()
-            except OSError:
-                return ""
-        return ""
+        found = find_in_layers(layer_dirs, path)
+        if found is None or not stat.S_ISREG(found[1].st_mode):
+            return ""  # missing, hidden, a directory or a device: nothing to read
+        try:
+            with open(found[0], encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     return read
