@@ -18,7 +18,10 @@ export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=/opt/sbx/venv
+# SBX_VENV: a second venv for a second checkout (a git worktree under work), so two
+# people testing at once do not reinstall each other's code; only the default one
+# is linked as /usr/local/bin/sbx.
+VENV=${SBX_VENV:-/opt/sbx/venv}
 TEST_USER=sbxtest
 NOSUB_USER=sbxnosub
 SUB_RANGE=200000:65536
@@ -94,8 +97,10 @@ else
     say "reinstalled sbx from $ROOT into $VENV (dependencies unchanged)"
 fi
 
-ln -sfn "$VENV/bin/sbx" /usr/local/bin/sbx
-say "/usr/local/bin/sbx -> $VENV/bin/sbx"
+if [[ $VENV == /opt/sbx/venv ]]; then
+    ln -sfn "$VENV/bin/sbx" /usr/local/bin/sbx
+    say "/usr/local/bin/sbx -> $VENV/bin/sbx"
+fi
 
 # --- /dev/fuse --------------------------------------------------------------
 # Debian's udev rule makes it 0666; machines without udev leave it 0600, and
