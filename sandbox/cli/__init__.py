@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("sandbox.cli.inspect:inspect", "Show containers' (or images') details."),
     "logs": ("sandbox.cli.logs:logs", "Show a container's output."),
     "rename": ("sandbox.cli.rename:rename", "Rename a container."),
+    "commit": ("sandbox.cli.commit:commit", "Make an image from a container's changes."),
     "diff": ("sandbox.cli.diff:diff", "Show a container's changes to its image (A/C/D)."),
     "container": ("sandbox.cli.container:container",
                   "Manage containers (ls, inspect, prune, rm, ...)."),

@@ -529,6 +529,40 @@ class Store:
             finally:
                 os.close(fd)
 
+    @contextlib.contextmanager
+    def staged_file(self, prefix: str) -> Iterator[tuple[int, Path]]:
+        """A new file in tmp/ (locked, so clean_tmp leaves it alone) for a writer
+        that is not this process (a child in the user namespace writes a committed
+        layer to the fd); `adopt` it before leaving, or it goes."""
+        with self.protect():
+            self.clean_tmp()
+            fd, tmp = self._new_tmp_file(prefix)
+            try:
+                yield fd, tmp
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def adopt(self, tmp: Path, expected_digest: str) -> str:
+        """Move a staged file into blobs/ as `expected_digest`, after hashing it
+        again here: a digest is checked by the store before it becomes a path,
+        whoever computed it first."""
+        algorithm, _hex = validate_digest(expected_digest)
+        h = hashlib.new(algorithm)
+        with open(tmp, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            os.fsync(f.fileno())
+        actual = f"{algorithm}:{h.hexdigest()}"
+        if actual != expected_digest:
+            raise DigestMismatch(expected_digest, actual)
+        final = self.blob_path(expected_digest)
+        os.chmod(tmp, 0o444)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        return expected_digest
+
     def put_blob_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
         """Store `data` and return its digest (sha256 unless `expected_digest` says)."""
         if expected_digest is None:

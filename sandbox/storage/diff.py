@@ -36,13 +36,14 @@ def changes(upper: str, layers: Sequence[str]) -> list[tuple[str, str]]:
                     out.append(("D", f"{rel_dir}/{name[4:]}"))
             elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 out.append(("D", path))
-            elif not _runtime_only(full, path, st):
+            elif not runtime_only(full, path, st):
                 out.append(("C" if find_in_layers(layers, path) else "A", path))
     return sorted(out, key=lambda kp: kp[1])
 
 
-def _runtime_only(full: str, path: str, st: os.stat_result) -> bool:
-    """An empty mount point sbx made, or a directory holding nothing else."""
+def runtime_only(full: str, path: str, st: os.stat_result) -> bool:
+    """An empty mount point sbx made, or a directory holding nothing else (also what
+    layertar.py leaves out of a committed layer)."""
     if path in RUNTIME_PATHS:
         return _empty(full, st)
     if not stat.S_ISDIR(st.st_mode):
@@ -52,7 +53,7 @@ def _runtime_only(full: str, path: str, st: os.stat_result) -> bool:
     except OSError:
         return False
     return bool(names) and all(
-        _runtime_only(os.path.join(full, n), f"{path}/{n}", os.lstat(os.path.join(full, n)))
+        runtime_only(os.path.join(full, n), f"{path}/{n}", os.lstat(os.path.join(full, n)))
         for n in names)
 
 
