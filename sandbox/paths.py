@@ -30,6 +30,12 @@ def storage_dir() -> str:
     return os.path.join(data_dir(), "storage")
 
 
+def shifted_layers_dir() -> str:
+    """Copies of image layers with owners shifted for another id map (keep-id), one
+    folder per map (sandbox/storage/shifted.py owns what is under it)."""
+    return os.path.join(data_dir(), "shifted")
+
+
 def config_dir() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(_home(), ".config")
     return os.path.join(base, "sbx")

@@ -259,18 +259,46 @@ def _discard(created: Created) -> None:
 @create_options
 @click.option("-d", "--detach", is_flag=True,
               help="Run in the background and print the container's id.")
+@click.option("--locked", is_flag=True,
+              help="PROFILE: fail unless sbx.lock agrees with the profile (for CI).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
-def run(detach: bool, command: tuple[str, ...], **opts: Any) -> None:
-    """Run a command in a new rootless container.
+def run(detach: bool, locked: bool, command: tuple[str, ...], **opts: Any) -> None:
+    """Run a command in a new rootless container, or enter a profile.
 
     \b
     sbx run [OPTIONS] IMAGE [COMMAND [ARG...]]
+    sbx run [OPTIONS] PROFILE [-- COMMAND [ARG...]]   (docs/profiles.md)
     sbx run --rootfs DIR [OPTIONS] [--] COMMAND [ARG...]
     """
+    if command and opts["rootfs"] is None and _is_profile(command[0]):
+        from sandbox.cli.profile_run import run_profile
+
+        run_profile(command[0], command[1:], opts, detach=detach, locked=locked)
+        return
+    if locked:
+        raise UsageError("--locked is for profiles", hint="sbx run --locked PROFILE")
+    start_created(opts, command, detach)
+
+
+def _is_profile(text: str) -> bool:
+    """A profile name or .toml path (docs/profiles.md, "Profile or image?"). Only a
+    bare name or a .toml path loads the profile code: an image reference with a
+    registry, a tag or a digest never does (the run fast path)."""
+    if not text.endswith(".toml") and any(c in text for c in ":/@"):
+        return False
+    from sandbox.profiles.load import is_profile_reference
+
+    return is_profile_reference(text)
+
+
+def start_created(opts: dict[str, Any], command: tuple[str, ...] | list[str],
+                  detach: bool) -> None:
+    """Create the container and run it: in the foreground (this process is its
+    monitor; exits with its status) or detached (prints its id)."""
     from sandbox.containers import monitor
 
-    created = create_container(opts, command)
+    created = create_container(opts, tuple(command))
     store, container = created.store, created.container
     try:
         with store.lock(container.id) as lock:
@@ -451,10 +479,22 @@ class _Image:
             return
         if self.driver == "vfs":
             self.root = Root(self.layer.merged, self.read_only)
-        if keep_id:
-            warn(f"the {self.driver} storage driver cannot shift the image's owners for "
-                 "--userns=keep-id: files the image's root owns appear as yours; "
-                 "use --storage-driver=fuse")
+            if keep_id:
+                warn("the vfs storage driver cannot shift the image's owners for "
+                     "--userns=keep-id: files the image's root owns appear as yours; "
+                     "use --storage-driver=overlay or fuse")
+        elif keep_id:
+            # Kernel overlay over copies of the layers with owners shifted for this
+            # map, made once per image (storage/shifted.py; podman does the same).
+            from sandbox.runtime import userns
+            from sandbox.storage import overlay, shifted
+
+            default = idmap.plan_for_current_user(keep_id=False)
+            dirs = shifted.shifted_dirs(
+                self.dirs, idmap.shift(maps.uid_maps, default.uid_maps),
+                idmap.shift(maps.gid_maps, default.gid_maps),
+                lambda fn: userns.call(fn, default))
+            self.root = overlay.root_for(dirs, self.layer, self.read_only)
 
     def create_layer(self) -> None:
         """The container's own directories; for vfs, its full copy of the image."""

@@ -158,8 +158,6 @@ def commit_image(store: Store, base: ImageRecord, layer_digest: str, layer_size:
                  ) -> ImageRecord:
     """Record base + the staged layer `layer_digest` (an uncompressed tar, so its
     digest is its diff id) as a new image; see the module docstring."""
-    from sandbox.images.pull import name_holders, release_untagged, unpack_layers
-
     doc = json.loads(store.read_blob(base.id))
     config = copy.deepcopy(doc.get("config") or {})
     if cmd is not None:
@@ -187,12 +185,23 @@ def commit_image(store: Store, base: ImageRecord, layer_digest: str, layer_size:
     doc.pop("container_config", None)
 
     manifest = _base_manifest(store, base)
-    config_bytes = json.dumps(doc, separators=(",", ":")).encode()
+    layers = [_descriptor(d) for d in manifest.layers]
+    layers.append({"mediaType": media.OCI_LAYER_TAR, "digest": layer_digest,
+                   "size": layer_size})
+    return store_image(store, doc, layers, unpacker, names)
+
+
+def store_image(store: Store, config_doc: dict[str, Any], layers: list[dict[str, Any]],
+                unpacker: Unpacker, names: Sequence[str]) -> ImageRecord:
+    """Write config and OCI manifest for layer blobs already in the store (`layers`:
+    descriptors, base first, paired in order with the config's diff ids), unpack the
+    layers not unpacked yet, and add the image under `names`."""
+    from sandbox.images.pull import name_holders, release_untagged, unpack_layers
+
+    config_bytes = json.dumps(config_doc, separators=(",", ":")).encode()
+    diff_ids = config_doc["rootfs"]["diff_ids"]
     with store.protect():
         config_digest = store.put_blob_bytes(config_bytes)
-        layers = [_descriptor(d) for d in manifest.layers]
-        layers.append({"mediaType": media.OCI_LAYER_TAR, "digest": layer_digest,
-                       "size": layer_size})
         manifest_doc = {
             "schemaVersion": 2,
             "mediaType": media.OCI_MANIFEST,
@@ -201,9 +210,7 @@ def commit_image(store: Store, base: ImageRecord, layer_digest: str, layer_size:
             "layers": layers,
         }
         manifest_digest = store.put_blob_bytes(json.dumps(manifest_doc, indent=2).encode())
-        pairs = [(d.digest, diff) for d, diff in
-                 zip(manifest.layers, doc["rootfs"]["diff_ids"][:-1], strict=True)]
-        pairs.append((layer_digest, layer_digest))
+        pairs = [(d["digest"], diff) for d, diff in zip(layers, diff_ids, strict=True)]
         chains, _fresh = unpack_layers(store, pairs, unpacker)
         holders = name_holders(store, names) - {config_digest}
         record = store.add_image(config_digest=config_digest,

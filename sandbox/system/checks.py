@@ -849,8 +849,11 @@ def _storage_driver() -> str:
         chosen = drivers.choose(asked)
     except SbxError as err:
         return f"error: {err.message}"
-    return chosen if asked != "auto" else f"{chosen} (auto; keep-id: "\
-        f"{drivers.choose(asked, keep_id=True)})"
+    if asked != "auto":
+        return chosen
+    if chosen == "overlay":
+        return "overlay (auto; keep-id: overlay on shifted copies of the layers)"
+    return f"{chosen} (auto)"
 
 
 def _guarded_cgroups() -> CgroupInfo:

@@ -1,0 +1,315 @@
+"""`sbx run PROFILE`, `sbx shell PROFILE` and `sbx profile rebuild`: the run half of
+profiles (the data half, discovery to `to_run_options`, is sandbox/profiles).
+
+A profile run is an image run with options made from the profile, in this order:
+
+1. load and validate the profile (errors name file, line and key: nothing starts);
+2. the lock: sbx.lock pins the image by digest when it agrees with the profile; a
+   disagreement is a warning, or an error with `--locked` (cargo's flag), as is a
+   missing lock;
+3. the base image: pulled (`--pull`, default missing), or for `image = {bootstrap
+   = ...}` built with mmdebstrap once and kept as localhost/sbx-bootstrap:KEY;
+4. the setup layer, when the profile has `setup` steps: keyed by the base image's
+   digest, the steps, the env as written and the inputs' content
+   (lock.profile_setup_key); found as localhost/sbx-setup:KEY, else built: the steps
+   run in one container from the base image, as root inside, in the workspace
+   (mounted), then the container's layer is committed (cli/commit.py) and the
+   container removed. A failed step keeps nothing;
+5. the container: from the setup image (or the base), with the workspace, mounts,
+   named volumes, env, user (keep-id by default: your uid, gid and name inside, a
+   home directory), network and tmpfs of the profile, plus what the command line
+   adds (-e, -v, --tmpfs, --name, -w, -d, -i, -t, ...); removed when it exits, so
+   every run starts fresh and two runs share nothing but named volumes. A terminal
+   on stdin and stdout gets a pty, as toolbox and distrobox do.
+
+Limits apply only with cgroup v2 delegation, which sbx's runtime does not set up
+yet; a profile with limits says so on every run (docs/profiles.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from sandbox.cli import warn
+from sandbox.errors import SbxError
+
+SETUP_REPO = "localhost/sbx-setup"
+# Runs each setup step with /bin/sh -c, in order, saying which one runs; stops at the
+# first that fails, with its status (a Dockerfile's RUN steps, one after another).
+SETUP_SCRIPT = ('n=$#; i=0; for step do i=$((i+1)); '
+                'printf "sbx: setup step %d/%d: %s\\n" "$i" "$n" "$step" >&2; '
+                '/bin/sh -c "$step" || { s=$?; '
+                'printf "sbx: setup step %d/%d failed (exit %d)\\n" "$i" "$n" "$s" >&2; '
+                'exit $s; }; done')
+
+
+class SetupFailed(SbxError):
+    """A setup step exited non-zero; nothing was kept."""
+
+
+def setup_image_name(key: str) -> str:
+    return f"{SETUP_REPO}:{key.partition(':')[2]}"
+
+
+def _default(ctx: click.Context | None, name: str) -> bool:
+    """Whether option `name` was left at its default on the command line."""
+    from click.core import ParameterSource
+
+    if ctx is None:
+        return True
+    return ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT)
+
+
+class ProfileRun:
+    """One profile, seen from one project folder, on its way to a container."""
+
+    def __init__(self, ref: str, cwd: str | None = None) -> None:
+        from sandbox.profiles.load import load_profile
+
+        self.cwd = os.path.abspath(cwd or os.getcwd())
+        self.profile = load_profile(ref, self.cwd)
+        self._ctx: Any = None
+
+    @property
+    def ctx(self) -> Any:
+        if self._ctx is None:
+            from sandbox.cli.images import ImageContext
+
+            self._ctx = ImageContext()
+        return self._ctx
+
+    # -- lock ------------------------------------------------------------------------
+
+    def locked_image(self, locked: bool) -> tuple[str | None, str | None]:
+        """(reference to pull, the digest the lock pins) after checking sbx.lock."""
+        from sandbox.profiles.errors import ProfileError
+        from sandbox.profiles.lock import check_lock, lock_path, locked_reference, read_lock
+
+        lock = read_lock(lock_path(self.cwd))
+        if lock is None and not locked:
+            return None, None
+        problems = check_lock(self.profile, lock, self.cwd)
+        if problems:
+            if locked:
+                raise ProfileError(problems, hint="run `sbx lock` and commit sbx.lock, "
+                                                  "or drop --locked")
+            for p in problems:
+                warn(f"{p}; using the profile as written")
+        ref = locked_reference(self.profile, lock)
+        entry = lock.get(self.profile.name) if lock else None
+        return ref, (entry or {}).get("digest") if ref else None
+
+    # -- images ----------------------------------------------------------------------
+
+    def base_image(self, pull: str, tls_verify: bool, locked: bool,
+                   rebuild_bootstrap: bool = False) -> tuple[str, str]:
+        """(image reference to run, base identity for the setup key)."""
+        from sandbox.profiles.lock import image_digest
+        from sandbox.profiles.model import bootstrap_key
+
+        boot = self.profile.bootstrap
+        if boot is not None:
+            # The lock check (bootstrap key) still applies.
+            self.locked_image(locked)
+            key = bootstrap_key(boot)
+            return self._bootstrap(boot, key, rebuild_bootstrap), key
+        ref, pinned = self.locked_image(locked)
+        ref = ref or str(self.profile.image)
+        record = self._ensure(ref, pull, tls_verify)
+        return ref, pinned or image_digest(ref) or record.manifest_digest
+
+    def _ensure(self, ref: str, pull: str, tls_verify: bool) -> Any:
+        from sandbox.images import progress as prog
+        from sandbox.images.pull import ensure_image
+
+        progress = prog.for_stream(sys.stderr, quiet=False)
+        try:
+            return ensure_image(ref, self.ctx.store, pull,  # type: ignore[arg-type]
+                                unpacker=self.ctx.unpacker, tls_verify=tls_verify,
+                                progress=progress, warn=warn)
+        finally:
+            progress.close()
+
+    def _find(self, name: str) -> Any:
+        from sandbox.images.store import ImageNotFound
+
+        try:
+            return self.ctx.store.resolve(name)
+        except ImageNotFound:
+            return None
+
+    def _bootstrap(self, boot: dict[str, Any], key: str, rebuild: bool) -> str:
+        from sandbox.images import bootstrap
+
+        name = bootstrap.image_name(key)
+        if rebuild or self._find(name) is None:
+            bootstrap.build(self.ctx.store, boot, key, self.ctx.unpacker,
+                            log=lambda m: click.echo(f"sbx: {m}", err=True))
+        return name
+
+    def setup_key(self, base: str) -> str:
+        from sandbox.profiles.lock import profile_setup_key
+        from sandbox.profiles.model import hash_inputs, resolve_inputs
+
+        files = resolve_inputs(self.cwd, self.profile.data.get("inputs", []))
+        return profile_setup_key(self.profile, base, hash_inputs(self.cwd, files))
+
+    def with_setup(self, image: str, base: str, opts: dict[str, Any],
+                   rebuild: bool = False) -> str:
+        """The image to run: `image`, or its setup image (built when missing)."""
+        if not self.profile.setup:
+            return image
+        key = self.setup_key(base)
+        name = setup_image_name(key)
+        if not rebuild and self._find(name) is not None:
+            return name
+        self._build_setup(image, name, key, opts)
+        return name
+
+    def _build_setup(self, image: str, name: str, key: str, cli: dict[str, Any]) -> None:
+        from sandbox.cli.commit import commit_container
+        from sandbox.cli.run import create_container
+        from sandbox.containers import lifecycle, monitor
+        from sandbox.profiles.model import to_run_options
+
+        ro = to_run_options(self.profile, self.cwd, os.environ)
+        steps = list(ro["setup"])
+        click.echo(f"sbx: building the setup layer of profile {self.profile.name} "
+                   f"({len(steps)} step{'s' if len(steps) != 1 else ''})", err=True)
+        opts = dict(cli)
+        opts.update(
+            rootfs=None, pull_policy="never", name=None, auto_remove=False,
+            labels=(), stop_signal=None, stop_timeout=None, entrypoint="",
+            env=tuple(ro["env"]), env_file=(), workdir=ro["workdir"], user="0:0",
+            hostname=None, read_only=False, tmpfs=tuple(ro["tmpfs"]), cap_add=(),
+            cap_drop=(), interactive=False, tty=False, init=False, userns="",
+            network="host" if ro["network"] == "host" else ro["network"],
+            volume=tuple(self._volumes(ro)))
+        created = create_container(opts, (image, "/bin/sh", "-c", SETUP_SCRIPT,
+                                          "sbx-setup", *steps))
+        store, container = created.store, created.container
+        try:
+            with store.lock(container.id) as lock:
+                code = monitor.run_attached(store, container, created.spec, created.maps,
+                                            lock, interactive=False)
+            if code != 0:
+                raise SetupFailed(
+                    f"profile {self.profile.name}: setup failed (exit {code}); nothing "
+                    "was kept", hint="fix the step, then run again: the steps run "
+                                     "from the start")
+            record = commit_container(
+                store.lookup(container.id), names=[name], keep_cmd=False,
+                message=f"sbx profile {self.profile.name}: setup",
+                labels={"sbx.profile": self.profile.name, "sbx.setup.key": key})
+            click.echo(f"sbx: setup layer kept as {name[:len(SETUP_REPO) + 13]} "
+                       f"({record.short_id})", err=True)
+        finally:
+            lifecycle.remove(store, store.lookup(container.id), force=True)
+
+    # -- the run ---------------------------------------------------------------------
+
+    def _volumes(self, ro: dict[str, Any]) -> list[str]:
+        return [*ro["volumes"], *(f"{n}:{p}" for n, p in ro["named_volumes"])]
+
+    def run_opts(self, ro: dict[str, Any], cli: dict[str, Any], image: str,
+                 ctx: click.Context | None, detach: bool) -> dict[str, Any]:
+        """create_container's options: the profile's, then the command line's."""
+        opts = dict(cli)
+        tmpfs = list(ro["tmpfs"])
+        if ro["userns"] == "keep-id" and _default(ctx, "userns") and _default(ctx, "user"):
+            home = os.environ.get("HOME") or ""
+            if home.startswith("/") and home != "/" and not self._image_has(image, home):
+                # Your home inside, empty and yours, for the shell's history and
+                # dotfiles a tool writes (toolbox mounts the real one; a fresh one
+                # keeps runs isolated). mode 0700 as useradd makes it.
+                uid, gid = os.getuid(), os.getgid()
+                tmpfs.append(f"{home}:exec,mode=0700,uid={uid},gid={gid}")
+        opts.update(
+            env=(*ro["env"], *cli["env"]),
+            volume=(*self._volumes(ro), *cli["volume"]),
+            tmpfs=(*tmpfs, *cli["tmpfs"]),
+            workdir=cli["workdir"] or ro["workdir"],
+            labels=(f"sbx.profile={self.profile.name}", *cli["labels"]),
+            auto_remove=True,
+            entrypoint="" if cli["entrypoint"] is None else cli["entrypoint"],
+        )
+        if _default(ctx, "userns") and _default(ctx, "user"):
+            opts["userns"], opts["user"] = ro["userns"] or "", ro["user"]
+        if _default(ctx, "network"):
+            opts["network"] = ro["network"]
+        if not detach:
+            term = os.isatty(0) and os.isatty(1)
+            opts["interactive"] = True  # stdin passed, as toolbox run passes it
+            opts["tty"] = cli["tty"] or term
+        return opts
+
+    def _image_has(self, image: str, path: str) -> bool:
+        from sandbox.images.pull import find_local, layer_dirs
+        from sandbox.storage.overlay import find_in_layers
+
+        try:
+            record = find_local(self.ctx.store, image)
+        except SbxError:
+            return False
+        return find_in_layers([str(d) for d in layer_dirs(self.ctx.store, record)],
+                              path) is not None
+
+
+def notes(ro: dict[str, Any]) -> list[str]:
+    """What the profile asks for that this run can't give, one line each."""
+    out = list(ro["warnings"])
+    limits = {k: v for k, v in ro["limits"].items() if v is not None}
+    if limits:
+        out.append("limits (" + ", ".join(sorted(limits)) + ") not applied: sbx sets "
+                   "cgroup v2 limits only with a delegated cgroup v2 tree, and this host's "
+                   "memory, cpu and pids controllers are not delegated (see `sbx info`)")
+    if ro["devices"]:
+        out.append("forward.gpu: device nodes are not passed in yet: "
+                   + ", ".join(ro["devices"]))
+    if ro["ports"] and ro["network"] != "host":
+        out.append("ports: publishing needs rootless networking (slirp4netns/pasta), "
+                   "which sbx does not have yet; use network = \"host\"")
+    return out
+
+
+def run_profile(ref: str, command: Sequence[str], cli: dict[str, Any], *, detach: bool,
+                locked: bool = False, shell: bool = False) -> None:
+    """`sbx run PROFILE [--] [CMD...]` (and `sbx shell PROFILE`)."""
+    from sandbox.cli.run import start_created
+    from sandbox.profiles.model import to_run_options
+
+    if cli["rootfs"] is not None:
+        from sandbox.errors import UsageError
+
+        raise UsageError(f"--rootfs can't be used with profile {ref}",
+                         hint="a profile names its image; use sbx run --rootfs DIR CMD")
+    ctx = click.get_current_context(silent=True)
+    command = list(command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    pr = ProfileRun(ref)
+    ro = to_run_options(pr.profile, pr.cwd, os.environ, command or None)
+    if shell:
+        ro["args"] = ro["shell_args"]
+    for line in notes(ro):
+        warn(line)
+    image, base = pr.base_image(cli["pull_policy"], cli["tls_verify"], locked)
+    image = pr.with_setup(image, base, cli)
+    opts = pr.run_opts(ro, cli, image, ctx, detach)
+    start_created(opts, (image, *ro["args"]), detach)
+
+
+def rebuild(ref: str, cli: dict[str, Any], *, bootstrap: bool) -> str:
+    """`sbx profile rebuild`: build the setup layer again (and the bootstrap image);
+    returns the name of the image a run now starts from."""
+    pr = ProfileRun(ref)
+    image, base = pr.base_image(cli["pull_policy"], cli["tls_verify"], False,
+                                rebuild_bootstrap=bootstrap)
+    if not pr.profile.setup:
+        return image
+    return pr.with_setup(image, base, cli, rebuild=True)
