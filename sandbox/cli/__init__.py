@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "Manage containers (ls, inspect, prune, rm, ...)."),
     "profile": ("sandbox.cli.profile:profile",
                 "Profiles: list, show, validate, init (docs/profiles.md)."),
+    "shell": ("sandbox.cli.shell:shell", "Enter a profile with a login shell."),
     "lock": ("sandbox.cli.lock:lock", "Pin profiles' images by digest in sbx.lock."),
     "generate": ("sandbox.cli.generate:generate",
                  "Generate files from profiles (kube: a Kubernetes Pod)."),

@@ -3,7 +3,8 @@
 The library is sandbox/profiles (discovery in load.py, keys in schema.py); this
 module only parses options, prints and picks exit codes: 0, or 125 when a profile
 has problems (podman's code for "the tool failed"), with every problem listed.
-`sbx run PROFILE` and `sbx profile rebuild` belong to the run half.
+`sbx run PROFILE` belongs to the run half (cli/profile_run.py), and so does the work
+of `sbx profile rebuild`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from sandbox.cli import handle_errors, warn
+from sandbox.cli.options import tls_verify_option
 from sandbox.errors import EXIT_SBX, SbxError, UsageError
 
 _FORMATS = click.Choice(["table", "json"])
@@ -162,3 +164,20 @@ def init(force: bool) -> None:
     Search(cwd).load("dev")  # what was written must load; a bug here is loud
     click.echo(f"wrote {PROJECT_FILE}: profile dev (extends {base}); "
                "`sbx run dev` enters it")
+
+
+@profile.command()
+@click.argument("name")
+@click.option("--bootstrap", is_flag=True,
+              help="Also build a bootstrapped base image again (mmdebstrap).")
+@click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]),
+              default="missing", show_default=True, help="When to pull the base image.")
+@tls_verify_option
+@handle_errors
+def rebuild(name: str, bootstrap: bool, pull_policy: str, tls_verify: bool) -> None:
+    """Build NAME's setup layer again, even if one with its key is kept."""
+    from sandbox.cli.profile_run import rebuild as do_rebuild
+
+    opts = {"pull_policy": pull_policy, "tls_verify": tls_verify, "storage_driver": None}
+    image = do_rebuild(name, opts, bootstrap=bootstrap)
+    click.echo(image)

@@ -193,10 +193,18 @@ class ProfileRun:
         created = create_container(opts, (image, "/bin/sh", "-c", SETUP_SCRIPT,
                                           "sbx-setup", *steps))
         store, container = created.store, created.container
+        # The steps' output goes to stderr, as a build's progress does: stdout is
+        # for the command the user runs (`sbx run dev -- cmd > out` gets only it).
+        saved_stdout = os.dup(1)
         try:
-            with store.lock(container.id) as lock:
-                code = monitor.run_attached(store, container, created.spec, created.maps,
-                                            lock, interactive=False)
+            os.dup2(2, 1)
+            try:
+                with store.lock(container.id) as lock:
+                    code = monitor.run_attached(store, container, created.spec,
+                                                created.maps, lock, interactive=False)
+            finally:
+                os.dup2(saved_stdout, 1)
+                os.close(saved_stdout)
             if code != 0:
                 raise SetupFailed(
                     f"profile {self.profile.name}: setup failed (exit {code}); nothing "
