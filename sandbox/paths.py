@@ -166,3 +166,9 @@ def container_exit_file(container_id: str) -> str:
 def run_image_cache_file() -> str:
     """`sbx run`'s cache of image lookups (sandbox/cli/run.py, _RunCache)."""
     return os.path.join(runtime_dir(), "run-image-cache.json")
+
+
+def profile_image_cache_file() -> str:
+    """`sbx run PROFILE`'s cache of the image each profile resolved to
+    (sandbox/cli/profile_run.py; the same rules as _RunCache)."""
+    return os.path.join(runtime_dir(), "profile-image-cache.json")

@@ -74,6 +74,7 @@ class ProfileRun:
         self.cwd = os.path.abspath(cwd or os.getcwd())
         self.profile = load_profile(ref, self.cwd)
         self._ctx: Any = None
+        self._locked: tuple[str | None, str | None] | None = None
 
     @property
     def ctx(self) -> Any:
@@ -85,14 +86,18 @@ class ProfileRun:
 
     # -- lock ------------------------------------------------------------------------
 
-    def locked_image(self, locked: bool) -> tuple[str | None, str | None]:
-        """(reference to pull, the digest the lock pins) after checking sbx.lock."""
+    def check_lock(self, locked: bool) -> tuple[str | None, str | None]:
+        """(reference to pull, the digest the lock pins) after checking sbx.lock:
+        warnings for a disagreement, or an error with --locked. Checked once."""
+        if self._locked is not None:
+            return self._locked
         from sandbox.profiles.errors import ProfileError
         from sandbox.profiles.lock import check_lock, lock_path, locked_reference, read_lock
 
         lock = read_lock(lock_path(self.cwd))
         if lock is None and not locked:
-            return None, None
+            self._locked = (None, None)
+            return self._locked
         problems = check_lock(self.profile, lock, self.cwd)
         if problems:
             if locked:
@@ -102,7 +107,8 @@ class ProfileRun:
                 warn(f"{p}; using the profile as written")
         ref = locked_reference(self.profile, lock)
         entry = lock.get(self.profile.name) if lock else None
-        return ref, (entry or {}).get("digest") if ref else None
+        self._locked = (ref, (entry or {}).get("digest") if ref else None)
+        return self._locked
 
     # -- images ----------------------------------------------------------------------
 
@@ -115,10 +121,10 @@ class ProfileRun:
         boot = self.profile.bootstrap
         if boot is not None:
             # The lock check (bootstrap key) still applies.
-            self.locked_image(locked)
+            self.check_lock(locked)
             key = bootstrap_key(boot)
             return self._bootstrap(boot, key, rebuild_bootstrap), key
-        ref, pinned = self.locked_image(locked)
+        ref, pinned = self.check_lock(locked)
         ref = ref or str(self.profile.image)
         record = self._ensure(ref, pull, tls_verify)
         return ref, pinned or image_digest(ref) or record.manifest_digest
@@ -228,19 +234,15 @@ class ProfileRun:
                  ctx: click.Context | None, detach: bool) -> dict[str, Any]:
         """create_container's options: the profile's, then the command line's."""
         opts = dict(cli)
-        tmpfs = list(ro["tmpfs"])
         if ro["userns"] == "keep-id" and _default(ctx, "userns") and _default(ctx, "user"):
-            home = os.environ.get("HOME") or ""
-            if home.startswith("/") and home != "/" and not self._image_has(image, home):
-                # Your home inside, empty and yours, for the shell's history and
-                # dotfiles a tool writes (toolbox mounts the real one; a fresh one
-                # keeps runs isolated). mode 0700 as useradd makes it.
-                uid, gid = os.getuid(), os.getgid()
-                tmpfs.append(f"{home}:exec,mode=0700,uid={uid},gid={gid}")
+            # Your home inside, empty and yours, unless the image has it: for the
+            # shell's history and the dotfiles tools write (toolbox mounts the real
+            # one; a fresh one keeps runs isolated). create_container checks the image.
+            opts["home_tmpfs"] = True
         opts.update(
             env=(*ro["env"], *cli["env"]),
             volume=(*self._volumes(ro), *cli["volume"]),
-            tmpfs=(*tmpfs, *cli["tmpfs"]),
+            tmpfs=(*ro["tmpfs"], *cli["tmpfs"]),
             workdir=cli["workdir"] or ro["workdir"],
             labels=(f"sbx.profile={self.profile.name}", *cli["labels"]),
             auto_remove=True,
@@ -255,17 +257,6 @@ class ProfileRun:
             opts["interactive"] = True  # stdin passed, as toolbox run passes it
             opts["tty"] = cli["tty"] or term
         return opts
-
-    def _image_has(self, image: str, path: str) -> bool:
-        from sandbox.images.pull import find_local, layer_dirs
-        from sandbox.storage.overlay import find_in_layers
-
-        try:
-            record = find_local(self.ctx.store, image)
-        except SbxError:
-            return False
-        return find_in_layers([str(d) for d in layer_dirs(self.ctx.store, record)],
-                              path) is not None
 
 
 def notes(ro: dict[str, Any]) -> list[str]:
@@ -283,6 +274,55 @@ def notes(ro: dict[str, Any]) -> list[str]:
         out.append("ports: publishing needs rootless networking (slirp4netns/pasta), "
                    "which sbx does not have yet; use network = \"host\"")
     return out
+
+
+def _cache_key(pr: ProfileRun, cli: dict[str, Any], locked: bool) -> str:
+    """What the image a profile resolves to depends on, besides the image store: the
+    merged profile, the project's sbx.lock, the inputs' content (setup) and --pull."""
+    import hashlib
+    import json
+
+    from sandbox.profiles.lock import lock_path
+    from sandbox.profiles.model import hash_inputs, resolve_inputs
+
+    try:
+        with open(lock_path(pr.cwd), "rb") as f:
+            lock = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        lock = ""
+    inputs: list[tuple[str, str]] = []
+    if pr.profile.setup:
+        files = resolve_inputs(pr.cwd, pr.profile.data.get("inputs", []))
+        inputs = hash_inputs(pr.cwd, files)
+    text = json.dumps([1, pr.cwd, pr.profile.name, pr.profile.data, lock, inputs,
+                       cli["pull_policy"], locked], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_image(pr: ProfileRun, cli: dict[str, Any], locked: bool) -> str:
+    """The image a run of the profile starts from (base or setup image), made ready.
+
+    Cached like `sbx run IMAGE`'s lookups (cli/run.py, _RunCache: valid while the
+    image store is unchanged), keyed by _cache_key: a warm `sbx run PROFILE` then
+    does not open the image store at all. The lock is checked on every run, cache
+    or not, so its warnings and --locked's refusal never go stale."""
+    from sandbox.cli.run import _RunCache
+
+    class _ProfileCache(_RunCache):
+        FILE = "profile_image_cache_file"
+
+    pr.check_lock(locked)
+    key = _cache_key(pr, cli, locked) if cli["pull_policy"] != "always" else ""
+    if key:
+        hit = _ProfileCache.get(key)
+        if hit is not None:
+            return str(hit["image"])
+    before = _ProfileCache.stamp()
+    image, base = pr.base_image(cli["pull_policy"], cli["tls_verify"], locked)
+    image = pr.with_setup(image, base, cli)
+    if key:
+        _ProfileCache.put(key, before, {"image": image})
+    return image
 
 
 def run_profile(ref: str, command: Sequence[str], cli: dict[str, Any], *, detach: bool,
@@ -306,8 +346,7 @@ def run_profile(ref: str, command: Sequence[str], cli: dict[str, Any], *, detach
         ro["args"] = ro["shell_args"]
     for line in notes(ro):
         warn(line)
-    image, base = pr.base_image(cli["pull_policy"], cli["tls_verify"], locked)
-    image = pr.with_setup(image, base, cli)
+    image = resolve_image(pr, cli, locked)
     opts = pr.run_opts(ro, cli, image, ctx, detach)
     start_created(opts, (image, *ro["args"]), detach)
 

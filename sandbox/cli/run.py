@@ -173,12 +173,20 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
         labels = {**image.labels, **labels}
     user = opts["user"]
     hostname = opts["hostname"]
+    tmpfs = list(opts["tmpfs"])
+    if opts.get("home_tmpfs") and keep_id and home.startswith("/") and home != "/":
+        from sandbox.storage.overlay import find_in_layers
+
+        if not (image and find_in_layers(image.dirs, home)):
+            # A profile's keep-id home (profile_run.py): empty, yours, mode 0700 as
+            # useradd(8) makes a home.
+            tmpfs.append(f"{home}:exec,mode=0700,uid={uid},gid={gid}")
     run_opts = specgen.RunOptions(
         rootfs=rootfs, args=args, env=list(opts["env"]),
         env_file_text=[_read_env_file(p) for p in opts["env_file"]],
         workdir=opts["workdir"] or (image.config.working_dir if image else None) or None,
         user=user, hostname=hostname, read_only=opts["read_only"],
-        volumes=list(opts["volume"]), tmpfs=list(opts["tmpfs"]), cap_add=list(opts["cap_add"]),
+        volumes=list(opts["volume"]), tmpfs=tmpfs, cap_add=list(opts["cap_add"]),
         cap_drop=list(opts["cap_drop"]), interactive=opts["interactive"], tty=opts["tty"],
         init=opts["init"], userns=userns, network=network,
         image_env=list(image.config.env) if image else None,
@@ -226,7 +234,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
             "keep_id_user": keep_id_user,
             "read_only": bool(opts["read_only"]),
             "storage_driver": image.driver if image else "",
-            "volumes": list(opts["volume"]) + [f"tmpfs:{t}" for t in opts["tmpfs"]],
+            "volumes": list(opts["volume"]) + [f"tmpfs:{t}" for t in tmpfs],
             "create_command": ["sbx", *sys.argv[1:]],
             "spec": specjson.to_json(spec),
         }
@@ -378,6 +386,7 @@ class _RunCache:
     """
 
     MAX_ENTRIES = 32
+    FILE = "run_image_cache_file"  # the sandbox.paths function that names the file
 
     @staticmethod
     def stamp() -> list[int] | None:
@@ -389,14 +398,14 @@ class _RunCache:
             return None
         return [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
-    @staticmethod
-    def _load() -> dict[str, Any]:
+    @classmethod
+    def _load(cls) -> dict[str, Any]:
         import json
 
         from sandbox import paths
 
         try:
-            with open(paths.run_image_cache_file(), "rb") as f:
+            with open(getattr(paths, cls.FILE)(), "rb") as f:
                 data = json.loads(f.read())
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
@@ -426,7 +435,7 @@ class _RunCache:
         while len(data) >= cls.MAX_ENTRIES:
             data.pop(next(iter(data)))
         data[text] = {**entry, "stamp": before}
-        path = paths.run_image_cache_file()
+        path = getattr(paths, cls.FILE)()
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
             with open(tmp, "w") as f:

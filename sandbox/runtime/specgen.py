@@ -265,6 +265,10 @@ def generate(
         mounts.append(Mount(INIT_PATH, "bind", find_init(), ["bind", "ro"]))
     mounts += [parse_volume(v, cwd) for v in opts.volumes]
     mounts += [parse_tmpfs(t) for t in opts.tmpfs]
+    # Parents before children, whatever order they were given in: a tmpfs on /home/me
+    # mounted after a bind on /home/me/project would hide the project. A stable sort
+    # by path depth, as podman's (containers/common util.SortMounts).
+    mounts.sort(key=lambda m: os.path.normpath(m.destination).count("/"))
 
     namespaces = [n for n in NAMESPACES if n != "network"]
     if opts.network == "none":

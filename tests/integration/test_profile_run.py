@@ -174,11 +174,12 @@ def test_profile_errors_start_nothing(proj: Project) -> None:
 
 
 def test_test_environment_runs_in_parallel_share_nothing(proj: Project) -> None:
+    script = ("test ! -e /tmp/mine && echo $$ > /tmp/mine && sleep 1 && cat /tmp/mine "
+              "&& hostname")
     proj.write("sbx.toml", f"""\
         [profiles.testenv]
         image = "{proj.life.image}"
-        command = ["sh", "-c", "test ! -e /tmp/mine && echo $$ > /tmp/mine && sleep 1 &&
-                                cat /tmp/mine && hostname"]
+        command = ["sh", "-c", {json.dumps(script)}]
         network = "none"
         """)
     runs = [proj.popen("run", "testenv") for _ in range(2)]
@@ -210,3 +211,25 @@ def test_shell_is_an_interactive_login_shell(proj: Project) -> None:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(master)
+
+
+def test_project_under_home_is_not_hidden_by_the_home_inside(proj: Project) -> None:
+    """keep-id gives an empty home inside; a project inside the home (the usual
+    place) must still be the real folder, mounted over it."""
+    home_proj = proj.user.home / f"sbx-test-proj-{os.getpid()}"
+    home_proj.mkdir()
+    proj.user.chown(home_proj)
+    try:
+        (home_proj / "sbx.toml").write_text(f'[profiles.p]\nimage = "{proj.life.image}"\n')
+        p = proj.life.sbx.run("run", "p", "--", "sh", "-c",
+                              'pwd; cat sbx.toml >/dev/null && echo x > out; ls -A "$HOME"',
+                              cwd=home_proj, env=proj.env, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines()[0] == str(home_proj)
+        assert home_proj.name in p.stdout.splitlines()[1:]
+        assert (home_proj / "out").read_text() == "x\n"
+        assert (home_proj / "out").stat().st_uid == proj.user.uid
+    finally:
+        import shutil
+
+        shutil.rmtree(home_proj, ignore_errors=True)
