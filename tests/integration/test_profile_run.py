@@ -233,3 +233,28 @@ def test_project_under_home_is_not_hidden_by_the_home_inside(proj: Project) -> N
         import shutil
 
         shutil.rmtree(home_proj, ignore_errors=True)
+
+
+def test_bootstrapped_offline_profile(proj: Project) -> None:
+    """The README's profile: its base image built from Debian packages with
+    mmdebstrap (the Debian mirror is the only network it needs), then cached."""
+    proj.write("sbx.toml", """\
+        [profiles.off]
+        extends = "debian-offline"
+        setup = ["python3 -c 'import sys; print(sys.version_info[0])' > /opt/py-major"]
+        """)
+    first = proj.sbx("run", "off", "--", "sh", "-c",
+                     "cat /opt/py-major; . /etc/os-release; echo $VERSION_CODENAME; "
+                     "echo made > here", timeout=600)
+    assert "bootstrapping debian:bookworm with mmdebstrap" in first.stderr
+    assert first.stdout.split() == ["3", "bookworm"]
+    assert (proj.dir / "here").stat().st_uid == proj.user.uid
+    again = proj.sbx("run", "off", "--", "python3", "-c", "print('ok')")
+    assert again.stdout == "ok\n"
+    assert "bootstrapping" not in again.stderr and BUILDING not in again.stderr
+    [img] = [n for n in proj.images() if n.startswith("localhost/sbx-bootstrap:")]
+    # The lock records what the image is built from; --locked accepts it.
+    proj.sbx("lock", "off")
+    assert 'bootstrap = "sha256:' in (proj.dir / "sbx.lock").read_text()
+    proj.sbx("run", "--locked", "off", "--", "true")
+    proj.life.sbx.run("rmi", "-f", img, env=proj.env, timeout=60)
