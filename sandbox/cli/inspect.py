@@ -124,6 +124,11 @@ def inspect_data(container: Any) -> dict[str, Any]:
             "UsernsMode": cfg.get("userns", ""),
             "Init": bool(cfg.get("init")),
             "ReadonlyRootfs": bool(cfg.get("read_only")),
+            # docker's fields; 0 = no limit (limits dropped for want of cgroup v2
+            # delegation are not recorded, so they show as 0 here).
+            "Memory": int((cfg.get("limits") or {}).get("memory") or 0),
+            "NanoCpus": int(((cfg.get("limits") or {}).get("cpus") or 0) * 1e9),
+            "PidsLimit": int((cfg.get("limits") or {}).get("pids") or 0),
             "Binds": [v for v in cfg.get("volumes") or [] if not v.startswith("tmpfs:")],
         },
         # sbx's own: the monitor, and pid 1's identity (start time, boot) that

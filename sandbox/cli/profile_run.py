@@ -22,8 +22,8 @@ A profile run is an image run with options made from the profile, in this order:
    every run starts fresh and two runs share nothing but named volumes. A terminal
    on stdin and stdout gets a pty, as toolbox and distrobox do.
 
-Limits apply only with cgroup v2 delegation, which sbx's runtime does not set up
-yet; a profile with limits says so on every run (docs/profiles.md).
+Limits apply as `--memory`, `--cpus` and `--pids-limit` do (runtime/cgroups.py):
+with cgroup v2 delegation; without it, every run says they were not applied.
 """
 
 from __future__ import annotations
@@ -252,6 +252,9 @@ class ProfileRun:
             opts["userns"], opts["user"] = ro["userns"] or "", ro["user"]
         if _default(ctx, "network"):
             opts["network"] = ro["network"]
+        for key, opt in (("memory", "memory"), ("cpus", "cpus"), ("pids", "pids_limit")):
+            if ro["limits"][key] is not None and _default(ctx, opt):
+                opts[opt] = ro["limits"][key]
         if not detach:
             term = os.isatty(0) and os.isatty(1)
             opts["interactive"] = True  # stdin passed, as toolbox run passes it
@@ -262,11 +265,6 @@ class ProfileRun:
 def notes(ro: dict[str, Any]) -> list[str]:
     """What the profile asks for that this run can't give, one line each."""
     out = list(ro["warnings"])
-    limits = {k: v for k, v in ro["limits"].items() if v is not None}
-    if limits:
-        out.append("limits (" + ", ".join(sorted(limits)) + ") not applied: sbx sets "
-                   "cgroup v2 limits only with a delegated cgroup v2 tree, and this host's "
-                   "memory, cpu and pids controllers are not delegated (see `sbx info`)")
     if ro["devices"]:
         out.append("forward.gpu: device nodes are not passed in yet: "
                    + ", ".join(ro["devices"]))

@@ -89,7 +89,41 @@ CREATE_OPTIONS: list[Callable[..., Any]] = [
                  help="'' (root inside is you) or keep-id (your uid inside too)."),
     click.option("--network", "--net", default="host", metavar="MODE",
                  help="host (default) or none."),
+    click.option("-m", "--memory", metavar="SIZE",
+                 help="Memory limit (b, k, m, g; cgroup v2 delegation needed)."),
+    click.option("--cpus", type=click.FloatRange(min=0.01), metavar="N",
+                 help="CPU limit, fractions allowed (cgroup v2 delegation needed)."),
+    click.option("--pids-limit", type=click.IntRange(min=1), metavar="N",
+                 help="Most processes at once (cgroup v2 delegation needed)."),
 ]
+
+
+def _limits(opts: dict[str, Any]) -> dict[str, Any] | None:
+    """The limits to record, or None: without cgroup v2 delegation they are dropped
+    with a warning, as rootless podman does on a cgroup v1 host ("Resource limits
+    are not supported and ignored on cgroups V1 rootless systems")."""
+    memory = opts.get("memory")
+    if memory is None and opts.get("cpus") is None and opts.get("pids_limit") is None:
+        return None
+    from sandbox.runtime import cgroups
+
+    if isinstance(memory, str):
+        from sandbox.profiles.schema import parse_size
+
+        try:
+            memory = parse_size(memory)
+        except (ValueError, TypeError):
+            raise UsageError(f"invalid --memory {memory!r}",
+                             hint="a size such as 512m or 2g") from None
+    limits = cgroups.Limits(memory, opts.get("cpus"), opts.get("pids_limit"))
+    try:
+        cgroups.plan(limits)
+    except cgroups.CgroupUnavailable as err:
+        warn(f"{err.message}; running without them")
+        if err.hint:
+            warn(f"to apply limits: {err.hint}")
+        return None
+    return limits.to_json()
 
 
 def create_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -233,6 +267,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
             "hostname": spec.hostname,
             "keep_id_user": keep_id_user,
             "read_only": bool(opts["read_only"]),
+            "limits": _limits(opts),
             "storage_driver": image.driver if image else "",
             "volumes": list(opts["volume"]) + [f"tmpfs:{t}" for t in tmpfs],
             "create_command": ["sbx", *sys.argv[1:]],

@@ -88,6 +88,12 @@ class Run:
                 err_r, err_w = os.pipe()
                 pipes = [out_r, out_w, err_r, err_w]
                 stdio = (stdin, out_w, err_w)
+            limits = self.container.config.get("limits")
+            if limits:
+                from sandbox.runtime import cgroups
+
+                wanted = cgroups.Limits(**limits)
+                self.spec.linux.cgroup_path = cgroups.create(cgroups.plan(wanted), cid, wanted)
             self.ctr = process.launch(self.spec, self.maps, interactive, stdio=stdio)
         except BaseException as exc:
             for fd in pipes:
@@ -137,10 +143,17 @@ class Run:
         self.close_outputs()
         self.ctr.close()
         cid = self.container.id
+        oom = False
+        if self.spec.linux.cgroup_path:
+            from sandbox.runtime import cgroups
+
+            oom = cgroups.oom_killed(self.spec.linux.cgroup_path)
+            cgroups.remove(self.spec.linux.cgroup_path)
         try:
             with self.store.lock(cid):
                 self.store.update_state(cid, durable=self.durable, status=EXITED,
-                                        pid=0, exit_code=code, finished_at=format_time(now_ns()))
+                                        pid=0, exit_code=code, oom_killed=oom,
+                                        finished_at=format_time(now_ns()))
                 # Under the lock: a `restart` waiting for it writes them anew next.
                 remove_runtime_files(cid)
         except NoSuchContainer:

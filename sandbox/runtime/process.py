@@ -539,6 +539,12 @@ def launch(spec: Spec, maps: idmap.MapPlan, interactive: bool = False,
             raise _decode_error(_read_all(err_r))
         try:
             idmap.apply(pid1, maps)
+            if spec.linux.cgroup_path:
+                # Before it makes its cgroup namespace, so that the container's
+                # cgroup is the namespace's root (runtime/cgroups.py).
+                from sandbox.runtime import cgroups
+
+                cgroups.add_process(spec.linux.cgroup_path, pid1)
         finally:
             parent_sock.send(b"mapped")
         msg = parent_sock.recv(64)

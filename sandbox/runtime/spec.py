@@ -119,7 +119,10 @@ class Root(Record):
 
 
 class Linux(Record):
+    # cgroup_path: the container's own cgroup (runtime/cgroups.py), made at each
+    # start when it has limits; "" for none. Not part of the stored record.
     __slots__ = (
+        "cgroup_path",
         "gid_mappings",
         "masked_paths",
         "namespaces",
@@ -137,6 +140,7 @@ class Linux(Record):
         self.gid_mappings = gid_mappings or []
         self.masked_paths = masked_paths or []
         self.readonly_paths = readonly_paths or []
+        self.cgroup_path = ""
 
 
 class Spec(Record):
