@@ -157,3 +157,4 @@ def prune(all_: bool, force: bool) -> None:
             store.remove_image(record.id)
             click.echo(record.id.partition(":")[2])
     store.prune()
+    ctx.prune_shifted()

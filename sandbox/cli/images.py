@@ -95,6 +95,14 @@ class ImageContext:
             self._store = Store(root, in_use=image_in_use, remove_tree=self.remove_tree)
         return self._store
 
+    def prune_shifted(self) -> None:
+        """Remove keep-id copies (storage/shifted.py) of layers the store no longer
+        has: after a store prune, so that removing an image frees its copies too."""
+        from sandbox.storage import shifted
+
+        keep = {c.partition(":")[2] for c in self.store.list_layers()}
+        shifted.prune(keep, self.in_userns)
+
     @property
     def unpacker(self) -> Unpacker:
         from sandbox.images.pull import Unpacker

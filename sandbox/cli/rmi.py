@@ -78,6 +78,7 @@ def rmi(force: bool, all_: bool, images: tuple[str, ...]) -> None:
         if result.deleted:
             click.echo(f"Deleted: {result.deleted.partition(':')[2]}")
     store.prune()
+    ctx.prune_shifted()
     for err in errors[:-1]:
         click.echo(f"sbx: {err.message}", err=True)
     if errors:

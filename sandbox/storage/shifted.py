@@ -56,9 +56,16 @@ def _translate(shift: Sequence[IdMapping], cid: int) -> int:
 
 def chown_tree(root: str, uid_shift: Sequence[IdMapping],
                gid_shift: Sequence[IdMapping]) -> None:
-    """lchown every entry under root (root too) by the shifts; keep set-id bits."""
+    """lchown every entry under root (root too) by the shifts; keep set-id bits.
+    Each inode once: a hard link's second name must not shift it again."""
+    seen: set[int] = set()
+
     def fix(path: str) -> None:
         st = os.lstat(path)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if st.st_ino in seen:
+                return
+            seen.add(st.st_ino)
         uid, gid = _translate(uid_shift, st.st_uid), _translate(gid_shift, st.st_gid)
         if (uid, gid) == (st.st_uid, st.st_gid):
             return

@@ -1,6 +1,7 @@
 """Every storage driver runs the same image the same way, as the unprivileged user:
 kernel overlayfs, sbx's own FUSE filesystem (fs/) and vfs; and keep-id on the fuse
-driver shows the image's owners as built, with the user's own uid inside."""
+and overlay drivers shows the image's owners as built, with the user's own uid
+inside."""
 
 from __future__ import annotations
 
@@ -34,12 +35,21 @@ def test_driver_shows_the_image(sbx: SbxRunner, pushed_images: PushedImages,
     assert r.stdout == expected + "z\ngone\n1000:1000 755\n0:0 4755\nlinked\nnew\n0\n"
 
 
-def test_keep_id_on_fuse_keeps_the_image_owners(sbx: SbxRunner, pushed_images: PushedImages,
-                                                test_user: Any) -> None:
-    r = _run(sbx, "--storage-driver", "fuse", "--userns=keep-id", pushed_images.busybox.ref,
-             "sh", "-c", "id -u; stat -c %u /bin/busybox /home/tester")
+@pytest.mark.parametrize("driver", ["overlay", "fuse"])
+def test_keep_id_keeps_the_image_owners(sbx: SbxRunner, pushed_images: PushedImages,
+                                        test_user: Any, driver: str) -> None:
+    """keep-id shows the image as built on both drivers: fuse shifts owners on the
+    fly, overlay mounts copies of the layers with owners shifted for the map (set-id
+    bits, hard links and opaque directories kept)."""
+    link, target = HARDLINK
+    r = _run(sbx, "--storage-driver", driver, "--userns=keep-id", pushed_images.busybox.ref,
+             "sh", "-c", f"id -u; stat -c %u /bin/busybox /home/tester; "
+             f"stat -c '%u:%g %a' /{SUID_FILE}; ls /{OPAQUE_DIR}; "
+             f"test $(stat -c %i /{link}) = $(stat -c %i /{target}) && echo linked")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(test_user.uid), "0", "1000"]
+    assert r.stdout.split() == [str(test_user.uid), "0", "1000", "0:0", "4755", "z",
+                                "linked"]
+    assert "cannot shift" not in r.stderr
 
 
 def test_unknown_driver_is_a_clear_error(sbx: SbxRunner, pushed_images: PushedImages) -> None:
