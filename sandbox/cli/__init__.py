@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("sandbox.cli.profile:profile",
                 "Profiles: list, show, validate, init (docs/profiles.md)."),
     "lock": ("sandbox.cli.lock:lock", "Pin profiles' images by digest in sbx.lock."),
+    "volume": ("sandbox.cli.volume:volume", "Manage volumes (create, ls, inspect, rm, prune)."),
     "generate": ("sandbox.cli.generate:generate",
                  "Generate files from profiles (kube: a Kubernetes Pod)."),
 }
