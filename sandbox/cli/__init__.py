@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("sandbox.cli.logs:logs", "Show a container's output."),
     "rename": ("sandbox.cli.rename:rename", "Rename a container."),
     "diff": ("sandbox.cli.diff:diff", "Show a container's changes to its image (A/C/D)."),
+    "cp": ("sandbox.cli.cp:cp", "Copy files between a container and the host."),
+    "export": ("sandbox.cli.export:export", "Export a container's filesystem as a tar."),
     "container": ("sandbox.cli.container:container",
                   "Manage containers (ls, inspect, prune, rm, ...)."),
     "profile": ("sandbox.cli.profile:profile",
