@@ -170,6 +170,10 @@ def write_tree(out: IO[bytes], src: Source, *, follow: bool = False,
         raise CopyError(f"not a directory: {path}",
                         hint="drop the trailing / (or /.) to copy a file")
     top = "." if src.contents_only else (os.path.basename(path) or ".")
+    if (follow or src.must_be_dir) and os.path.islink(path):
+        # Walk the link's target under SRC's own name (inside a container this
+        # resolves in its root: the kernel's, or the chroot's).
+        path = os.path.realpath(path)
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for p, name, s in _walk(path, top, st, one_fs, skip):
