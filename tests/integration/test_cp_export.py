@@ -288,3 +288,24 @@ def test_cp_on_debian_shows_owner_names(sbx: SbxRunner, registry: RunningRegistr
         assert out.stat().st_uid == test_user.uid and "root:x:0:0" in out.read_text()
     finally:
         sbx.run("rm", "-f", "deb-cp", env=env)
+
+
+def test_cp_on_every_storage_driver(life: Life, test_user: User) -> None:
+    """A stopped container's root is mounted by its own driver for cp (the fuse
+    driver's sbx-fs included, and gone again afterwards) and keep-id's map is used."""
+    from helpers import processes_with
+
+    work = host_dir(life, "drivers")
+    payload = host_file(work / "p", "payload\n", test_user.uid, test_user.gid)
+    for driver, userns in (("overlay", ""), ("fuse", "keep-id"), ("vfs", "")):
+        name = f"d-{driver}"
+        life.run("create", "--storage-driver", driver, f"--userns={userns}", "--name", name,
+                 life.image, "sh", "-c", "stat -c %u /in; cat /in")
+        life.run("cp", str(payload), f"{name}:/in")
+        out = life.run("start", "-a", name).stdout.split()
+        assert out == ["0", "payload"], (driver, out)
+        life.run("cp", f"{name}:/home/tester/.profile", str(work / driver))
+        assert (work / driver).stat().st_uid == test_user.uid
+        assert "tester$" in (work / driver).read_text()
+        life.wait_for(lambda: processes_with(test_user, str(life.root)) == [], timeout=10,
+                      what=f"no sbx-fs left by cp ({driver})")
