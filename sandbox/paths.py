@@ -172,3 +172,44 @@ def profile_image_cache_file() -> str:
     """`sbx run PROFILE`'s cache of the image each profile resolved to
     (sandbox/cli/profile_run.py; the same rules as _RunCache)."""
     return os.path.join(runtime_dir(), "profile-image-cache.json")
+
+
+# -- volumes (sandbox/volumes/store.py keeps them; layout, version 1) --
+#
+#   DATA/volumes/<name>/_data          the volume's content, bind-mounted into containers
+#   DATA/volumes/<name>/volume.json    what it is (created, labels, driver, anonymous)
+#   DATA/volumes/<name>/copy-up        present until the first mount copies the image's
+#                                      content in (podman's NeedsCopyUp)
+#   DATA/volumes/.tmp-<name>-<rand>/   a volume being created (renamed into place)
+#   DATA/volumes/.trash-<name>-<rand>/ a volume being removed (renamed out of place)
+
+def volumes_dir() -> str:
+    """Every volume, one directory per name (podman: storage/volumes)."""
+    return os.path.join(data_dir(), "volumes")
+
+
+def volume_dir(name: str) -> str:
+    return os.path.join(data_dir(), "volumes", name)
+
+
+def volume_data_dir(name: str) -> str:
+    """What containers see: podman's volumes/<name>/_data."""
+    return os.path.join(data_dir(), "volumes", name, "_data")
+
+
+def volume_config_file(name: str) -> str:
+    return os.path.join(data_dir(), "volumes", name, "volume.json")
+
+
+def volume_copy_up_marker(name: str) -> str:
+    """Exists while the volume has never been mounted: the runtime removes it and
+    copies the image's content at the mount point in (sandbox/runtime/rootfs.py)."""
+    return os.path.join(data_dir(), "volumes", name, "copy-up")
+
+
+def volume_tmp_dir(name: str, tag: str) -> str:
+    return os.path.join(data_dir(), "volumes", f".tmp-{name}-{tag}")
+
+
+def volume_trash_dir(name: str, tag: str) -> str:
+    return os.path.join(data_dir(), "volumes", f".trash-{name}-{tag}")

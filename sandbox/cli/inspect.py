@@ -43,6 +43,9 @@ def inspect_data(container: Any) -> dict[str, Any]:
     run_dir = paths.container_run_dir(container.id)
     image_id = str(cfg.get("image_id") or "")
     mounts = []
+    # Volumes (sandbox/volumes): destination -> name, shown as podman's Type "volume".
+    volumes = {v.get("destination", ""): v.get("name", "")
+               for v in cfg.get("named_volumes") or [] if isinstance(v, dict)}
     for m in spec.get("mounts", []):
         source = m.get("source") or ""
         if m.get("type") == "bind" and source.startswith(run_dir):
@@ -52,13 +55,16 @@ def inspect_data(container: Any) -> dict[str, Any]:
             continue
         if m.get("type") not in ("bind", "tmpfs"):
             continue
+        vol = volumes.get(m.get("destination", ""))
         mounts.append({
-            "Type": m.get("type"),
+            "Type": "volume" if vol else m.get("type"),
+            **({"Name": vol} if vol else {}),
             "Source": source,
             "Destination": m.get("destination"),
-            "Driver": "",
+            "Driver": "local" if vol else "",
             "Mode": "",
-            "Options": [o for o in m.get("options", []) if o not in ("ro", "rw")],
+            "Options": [o for o in m.get("options", [])
+                        if o not in ("ro", "rw") and not o.startswith("sbx-")],
             "RW": "ro" not in m.get("options", []),
             "Propagation": "rprivate",
         })

@@ -7,7 +7,7 @@ wrote as other users are removed in the user namespace (lifecycle.remove_tree).
 
 Exit codes are podman's: 1 when a container did not exist (and nothing else
 failed), 2 when one is running and -f was not given, 125 for anything else. `-v`
-(anonymous volumes) is accepted; sbx makes no anonymous volumes yet.
+removes the containers' anonymous volumes too (named volumes stay, as in podman).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def rm(force: bool, volumes: bool, all_: bool, ignore: bool,
     from sandbox.containers import lifecycle
     from sandbox.containers.store import ContainerStore, NoSuchContainer
 
-    del volumes
     store = ContainerStore()
     if all_:
         containers = tuple(c.id for c in store.list())
@@ -56,7 +55,7 @@ def rm(force: bool, volumes: bool, all_: bool, ignore: bool,
     def one(found: Any, name: str) -> None:
         # NoSuchContainer here: removed meanwhile (its own --rm, another sbx rm): done
         with contextlib.suppress(NoSuchContainer):
-            lifecycle.remove(store, found, force=force)
+            lifecycle.remove(store, found, force=force, volumes=volumes)
         click.echo(name)
 
     # What a killed `sbx run`/`rm` left (half-made or half-removed records, names

@@ -76,8 +76,9 @@ CREATE_OPTIONS: list[Callable[..., Any]] = [
                  help="User to run as: name or uid, optionally :group or :gid."),
     click.option("--hostname", metavar="NAME", help="Container host name."),
     click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
-    click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]",
-                 help="Bind-mount a host path."),
+    click.option("-v", "--volume", multiple=True, metavar="SRC:CTR[:OPTS]",
+                 help="Bind-mount a host path, or mount a named volume (NAME:CTR) or an "
+                 "anonymous one (CTR)."),
     click.option("--tmpfs", multiple=True, metavar="PATH[:OPTS]", help="Mount a tmpfs."),
     click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL)."),
     click.option("--cap-drop", multiple=True, metavar="CAP",
@@ -215,12 +216,24 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
             # A profile's keep-id home (profile_run.py): empty, yours, mode 0700 as
             # useradd(8) makes a home.
             tmpfs.append(f"{home}:exec,mode=0700,uid={uid},gid={gid}")
+    # Volumes: -v as given, then an anonymous volume for each of the image's Volumes
+    # not mounted otherwise; made (resolved) below, once nothing else can fail first.
+    wanted = [specgen.parse_volume(v, os.getcwd()) for v in opts["volume"]]
+    volumes_made: list[str] = []
+    if image is not None and image.config.volumes:
+        from sandbox.volumes.attach import anonymous_for_image
+
+        wanted += anonymous_for_image(wanted, image.config.volumes, tmpfs)
+    if wanted:
+        from sandbox.volumes.attach import check_destinations
+
+        check_destinations(wanted + [specgen.parse_tmpfs(t) for t in tmpfs])
     run_opts = specgen.RunOptions(
         rootfs=rootfs, args=args, env=list(opts["env"]),
         env_file_text=[_read_env_file(p) for p in opts["env_file"]],
         workdir=opts["workdir"] or (image.config.working_dir if image else None) or None,
         user=user, hostname=hostname, read_only=opts["read_only"],
-        volumes=list(opts["volume"]), tmpfs=tmpfs, cap_add=list(opts["cap_add"]),
+        volumes=[], tmpfs=tmpfs, cap_add=list(opts["cap_add"]),
         cap_drop=list(opts["cap_drop"]), interactive=opts["interactive"], tty=opts["tty"],
         init=opts["init"], userns=userns, network=network,
         image_env=list(image.config.env) if image else None,
@@ -241,6 +254,16 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
     try:
         etc = etcfiles.write(state_dir, read, hostname or container_id[:12], network,
                              keep_id_user=(username, uid, gid, home) if keep_id else None)
+        named_volumes: list[dict[str, Any]] = []
+        if any(m.type == "volume" for m in wanted):
+            from sandbox.volumes.attach import resolve
+
+            resolved = resolve(wanted)
+            volumes_made = resolved.created
+            run_opts.mounts = resolved.mounts
+            named_volumes = resolved.records
+        else:
+            run_opts.mounts = wanted
         spec = specgen.generate(run_opts, exec_user, maps.uid_maps, maps.gid_maps,
                                 dict(os.environ), container_id, os.getcwd(), etc)
         if image is not None:
@@ -270,6 +293,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
             "limits": _limits(opts),
             "storage_driver": image.driver if image else "",
             "volumes": list(opts["volume"]) + [f"tmpfs:{t}" for t in tmpfs],
+            "named_volumes": named_volumes,
             "create_command": ["sbx", *sys.argv[1:]],
             "spec": specjson.to_json(spec),
         }
@@ -285,6 +309,10 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
         creating.release()
         if not ok:
             etcfiles.remove(state_dir)
+            if volumes_made:
+                from sandbox.volumes.attach import undo
+
+                undo(volumes_made)
     return Created(store, container, spec, maps, bool(opts["interactive"]))
 
 
@@ -294,7 +322,8 @@ def _discard(created: Created) -> None:
     from sandbox.containers.store import NoSuchContainer
 
     with contextlib.suppress(NoSuchContainer):
-        lifecycle.remove(created.store, created.container, force=True)
+        # podman's --rm takes the container's anonymous volumes with it
+        lifecycle.remove(created.store, created.container, force=True, volumes=True)
 
 
 @click.command(context_settings={"allow_interspersed_args": False,
@@ -373,11 +402,12 @@ class _RunConfig:
     """What `sbx run` takes from an image's config (sandbox.images.config.ImageConfig
     has it all; this plain record is what the run cache keeps)."""
 
-    FIELDS = ("entrypoint", "cmd", "env", "working_dir", "user", "stop_signal", "labels")
+    FIELDS = ("entrypoint", "cmd", "env", "working_dir", "user", "stop_signal", "labels",
+              "volumes")
 
     def __init__(self, entrypoint: list[str] | None, cmd: list[str] | None, env: list[str],
                  working_dir: str, user: str, stop_signal: str | None,
-                 labels: dict[str, str]) -> None:
+                 labels: dict[str, str], volumes: list[str]) -> None:
         self.entrypoint = entrypoint
         self.cmd = cmd
         self.env = env
@@ -385,13 +415,14 @@ class _RunConfig:
         self.user = user
         self.stop_signal = stop_signal
         self.labels = labels
+        self.volumes = volumes
 
     @classmethod
     def of(cls, config: Any) -> _RunConfig:
         return cls(None if config.entrypoint is None else list(config.entrypoint),
                    None if config.cmd is None else list(config.cmd), list(config.env),
                    config.working_dir or "", config.user or "", config.stop_signal,
-                   dict(config.labels or {}))
+                   dict(config.labels or {}), list(config.volumes or ()))
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -399,7 +430,7 @@ class _RunConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _RunConfig:
         return cls(d["entrypoint"], d["cmd"], list(d["env"]), str(d["working_dir"]),
-                   str(d["user"]), d["stop_signal"], dict(d["labels"]))
+                   str(d["user"]), d["stop_signal"], dict(d["labels"]), list(d["volumes"]))
 
 
 class _RunCache:
@@ -451,6 +482,8 @@ class _RunCache:
         entry = cls._load().get(text)
         if not isinstance(entry, dict) or entry.get("stamp") != cls.stamp():
             return None
+        if "volumes" not in (entry.get("config") or {}):
+            return None  # written by an sbx that did not keep the image's Volumes
         if not all(os.path.isdir(d) for d in entry.get("dirs", [])):
             return None
         return entry

@@ -11,7 +11,9 @@ podman's where sbx copies them:
   recorded. Pid 1 of a pid namespace ignores signals it has no handler for
   (pid_namespaces(7)), which is why `sleep` needs the SIGKILL.
 - `kill` only signals a running container ("can only kill running containers").
-- `rm` refuses a running container without force (podman's exit code 2).
+- `rm` refuses a running container without force (podman's exit code 2); with
+  `volumes` (rm -v, and every --rm) its anonymous volumes go with it, never a named
+  one (podman: "Remove anonymous volumes associated with the container").
 - `wait` returns the exit code once the container is not running.
 
 Signals go to the host pid of the container's pid 1 only after its start time is
@@ -209,7 +211,7 @@ def auto_remove(store: ContainerStore, cid: str, code: int, *,
     if found is None:
         return
     with contextlib.suppress(NoSuchContainer):
-        remove(store, found, force=False)
+        remove(store, found, force=False, volumes=True)
 
 
 def wait_not_running(store: ContainerStore, cid: str, timeout: float | None) -> Container | None:
@@ -310,10 +312,11 @@ def write_exit_file(cid: str, code: int) -> None:
                     os.unlink(full)
 
 
-def remove(store: ContainerStore, container: Container, *, force: bool) -> None:
-    """Remove a container, its writable layer, log and runtime files. A running one
-    is killed (SIGKILL, as docker's rm -f) first with `force`, else refused
-    (ContainerRunning)."""
+def remove(store: ContainerStore, container: Container, *, force: bool,
+           volumes: bool = False) -> None:
+    """Remove a container, its writable layer, log and runtime files, and with
+    `volumes` its anonymous volumes. A running one is killed (SIGKILL, as docker's
+    rm -f) first with `force`, else refused (ContainerRunning)."""
     current = store.load(container.id)
     if current is None:
         raise NoSuchContainer(container.id)
@@ -339,7 +342,22 @@ def remove(store: ContainerStore, container: Container, *, force: bool) -> None:
                                    hint="stop it, then remove it")
         store.remove(current, remove_tree)
     monitor.remove_runtime_files(container.id)
+    if volumes:
+        remove_anonymous_volumes(current)
 
+
+def remove_anonymous_volumes(container: Container) -> None:
+    """The anonymous volumes a removed container's record listed."""
+    anonymous = [v["name"] for v in container.config.get("named_volumes") or []
+                 if isinstance(v, dict) and v.get("anonymous") and v.get("name")]
+    if not anonymous:
+        return
+    from sandbox.volumes.store import NoSuchVolume, VolumeStore
+
+    vols = VolumeStore()
+    for name in anonymous:
+        with contextlib.suppress(NoSuchVolume):
+            vols.remove(name, remove_tree)
 
 def remove_tree(path: str) -> None:
     """Remove a container directory: as the user when it can (almost always for a
@@ -390,6 +408,7 @@ __all__ = [
     "prepare",
     "prune",
     "remove",
+    "remove_anonymous_volumes",
     "remove_tree",
     "send_signal",
     "signal_name",

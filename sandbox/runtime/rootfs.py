@@ -47,6 +47,13 @@ _PROPAGATION = {
 }
 # Options sbx understands but the kernel must not see (SELinux relabel, volume "z").
 _IGNORED = {"z", "Z", "defaults", "auto"}
+# An sbx option on a volume's bind mount: `sbx-copy-up=MARKER`. When MARKER (a file
+# beside the volume) can be removed, this is the volume's first mount: the content the
+# image has at the mount point is copied into the (empty) volume, and the volume takes
+# that directory's owner and mode, or the container user's when the image has none
+# there (podman's NeedsCopyUp and NeedsChown, libpod's fixVolumePermissions). Done
+# here because only the container's own user namespace sees the image's owners.
+COPY_UP_OPTION = "sbx-copy-up="
 
 # statvfs(3) ST_* bits -> MS_* flags. A bind remount in a user namespace must repeat
 # the flags a more privileged namespace locked on the mount, or it fails with EPERM
@@ -129,9 +136,11 @@ def _mount_step(m: Mount) -> Step:
 class Executor:
     """Runs a plan under `rootfs` in the container's mount namespace."""
 
-    def __init__(self, rootfs: str, sys: sc.Syscalls) -> None:
+    def __init__(self, rootfs: str, sys: sc.Syscalls, owner: tuple[int, int] = (0, 0)
+                 ) -> None:
         self.rootfs = os.path.abspath(rootfs)
         self.sys = sys
+        self.owner = owner  # the container process's uid and gid (for new volumes)
 
     # -- helpers ---------------------------------------------------------------------
     def target(self, dest: str) -> str:
@@ -229,6 +238,9 @@ class Executor:
 
     def do_bind(self, step: Step) -> None:
         source = step.source or ""
+        for opt in step.options:
+            if opt.startswith(COPY_UP_OPTION):
+                self.copy_up(source, step.dest, opt[len(COPY_UP_OPTION):])
         try:
             st = os.stat(source)
         except OSError as exc:
@@ -249,6 +261,38 @@ class Executor:
                            sc.MS_BIND | sc.MS_REMOUNT | extra | self._locked_flags(path), None)
         if opts.propagation:
             self.sys.mount(None, path, None, opts.propagation, None)
+
+    def copy_up(self, volume: str, dest: str, marker: str) -> None:
+        """A volume's first mount: fill it from the image (see COPY_UP_OPTION)."""
+        try:
+            os.unlink(marker)
+        except FileNotFoundError:
+            return  # mounted before: its content is the user's now
+        except OSError as exc:
+            raise SyscallError("remove the volume's copy-up marker", exc.errno or errno.EIO,
+                               marker) from None
+        target = self.target(dest)
+        try:
+            st = os.lstat(target)
+            if not stat.S_ISDIR(st.st_mode):
+                st = None  # a file there: the mount fails later with a clear error
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        try:
+            if st is None:
+                os.lchown(volume, *self.owner)
+                return
+            if os.listdir(target) and not os.listdir(volume):
+                # The same walk as the vfs driver's copy; imported only when there is
+                # something to copy (shutil costs ~5 ms, on `sbx run`'s hot path).
+                from sandbox.storage import vfs
+
+                vfs.apply_layer(target, volume)
+            os.lchown(volume, st.st_uid, st.st_gid)
+            os.chmod(volume, stat.S_IMODE(st.st_mode))
+        except OSError as exc:
+            raise SyscallError(f"copy the image's {dest} into its new volume",
+                               exc.errno or errno.EIO, exc.filename or volume) from None
 
     def do_symlink(self, step: Step) -> None:
         path = self.target(step.dest)
@@ -310,7 +354,7 @@ def setup(spec: Spec, sys: sc.Syscalls) -> None:
     """Build the container's tree from `spec` and pivot into it."""
     if not os.path.isdir(spec.root.path):
         raise SbxError(f"rootfs {spec.root.path} is not a directory")
-    ex = Executor(spec.root.path, sys)
+    ex = Executor(spec.root.path, sys, (spec.process.user.uid, spec.process.user.gid))
     ex.prepare_root(spec.root.mount, spec.root.mount_cwd)
     for step in plan(spec):
         ex.run(step)

@@ -8,6 +8,7 @@ container. Reading files (env files, the rootfs's /etc/passwd) happens in the ca
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 from sandbox.errors import UsageError
@@ -75,6 +76,7 @@ class RunOptions(Record):
         "hostname",
         "init",
         "interactive",
+        "mounts",
         "network",
         "read_only",
         "rootfs",
@@ -106,6 +108,7 @@ class RunOptions(Record):
         userns: str = "",  # "" (root maps to you) or "keep-id"
         network: str = "host",  # host | none
         image_env: list[str] | None = None,  # the image config's Env, under -e
+        mounts: list[Mount] | None = None,  # more mounts, volumes already resolved
     ) -> None:
         self.rootfs = rootfs
         self.args = args
@@ -125,6 +128,7 @@ class RunOptions(Record):
         self.userns = userns
         self.network = network
         self.image_env = image_env or []
+        self.mounts = mounts or []
 
 
 def parse_env_file(path: str, text: str, host_env: Mapping[str, str]) -> list[str]:
@@ -161,30 +165,55 @@ def merge_env(layers: Sequence[Sequence[str]], host_env: Mapping[str, str]) -> l
     return [f"{k}={v}" for k, v in merged.items()]
 
 
+# podman's volume names (libpod/define: NameRegex); sandbox/volumes/store.py uses it too.
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+_BIND_OPTIONS = frozenset({
+    "ro", "rw", "z", "Z", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "bind",
+    "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave"})
+# podman's -v options for a volume: [no]copy decides the copy-up of the image's content.
+_VOLUME_OPTIONS = frozenset({
+    "ro", "rw", "z", "Z", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "copy",
+    "nocopy"})
+
+
 def parse_volume(spec: str, cwd: str) -> Mount:
-    """-v HOST:CTR[:OPTS] as podman reads it; OPTS: ro, rw, z, Z, nosuid, nodev, noexec..."""
+    """-v as podman reads it: HOST:CTR[:OPTS] binds a host path (absolute, or starting
+    with "."), NAME:CTR[:OPTS] mounts a named volume and CTR alone an anonymous one.
+    OPTS: ro, rw, z, Z, nosuid, nodev, noexec, ... and nocopy for volumes.
+
+    A volume comes back as Mount(CTR, "volume", NAME or "", OPTS): the caller resolves
+    it to a bind mount of the volume's directory (sandbox/volumes/attach.py) before
+    `generate`, which takes no volume it cannot find on disk."""
     parts = spec.split(":")
-    if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
-        raise UsageError(f"invalid volume {spec!r}", hint="use -v HOST-PATH:CONTAINER-PATH[:ro]")
-    host, ctr = parts[0], parts[1]
+    if len(parts) == 1:
+        if not spec.startswith("/"):
+            raise UsageError(f"invalid volume {spec!r}: container path must be absolute",
+                             hint="use -v /PATH for an anonymous volume, -v NAME:/PATH or "
+                             "-v HOST-PATH:/PATH")
+        return Mount(os.path.normpath(spec), "volume", "", [])
+    if len(parts) > 3 or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid volume {spec!r}",
+                         hint="use -v HOST-PATH:CONTAINER-PATH[:ro] or -v NAME:/PATH[:ro]")
+    src, ctr = parts[0], parts[1]
     opts = parts[2].split(",") if len(parts) == 3 and parts[2] else []
-    if not (host.startswith("/") or host.startswith(".")):
-        raise UsageError(
-            f"named volume {host!r} is not supported with --rootfs",
-            hint="give a host path (absolute, or starting with ./)",
-        )
     if not ctr.startswith("/"):
         raise UsageError(f"invalid volume {spec!r}: container path {ctr!r} must be absolute")
-    known = {"ro", "rw", "z", "Z", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
-             "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave"}
+    host = src.startswith("/") or src.startswith(".")
+    known = _BIND_OPTIONS if host else _VOLUME_OPTIONS
     for o in opts:
         if o not in known:
             raise UsageError(f"invalid option {o!r} in volume {spec!r}",
-                             hint="volume options are ro, rw, nosuid, nodev, noexec, z, Z")
+                             hint="volume options are " + ", ".join(sorted(known)))
+    if not host:
+        if not VOLUME_NAME.match(src):
+            raise UsageError(f"invalid volume {spec!r}: {src!r} is neither a host path nor "
+                             "a volume name", hint="host paths are absolute or start with "
+                             "./; volume names match [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+        return Mount(os.path.normpath(ctr), "volume", src, opts)
     options = [o for o in opts if o not in ("z", "Z")]
     if "bind" not in options:
         options.insert(0, "rbind")
-    return Mount(ctr, "bind", os.path.normpath(os.path.join(cwd, host)), options)
+    return Mount(ctr, "bind", os.path.normpath(os.path.join(cwd, src)), options)
 
 
 def parse_tmpfs(spec: str) -> Mount:
@@ -264,6 +293,12 @@ def generate(
     if opts.init:
         mounts.append(Mount(INIT_PATH, "bind", find_init(), ["bind", "ro"]))
     mounts += [parse_volume(v, cwd) for v in opts.volumes]
+    mounts += opts.mounts
+    for m in mounts:
+        if m.type == "volume":
+            raise UsageError(f"volume {m.source or '(anonymous)'} for {m.destination} is "
+                             "not resolved", hint="sandbox/volumes/attach.py makes volumes "
+                             "into bind mounts before the spec is generated")
     mounts += [parse_tmpfs(t) for t in opts.tmpfs]
     # Parents before children, whatever order they were given in: a tmpfs on /home/me
     # mounted after a bind on /home/me/project would hide the project. A stable sort

@@ -57,11 +57,30 @@ def test_volume_parsing():
     assert (m.source, m.destination) == ("/home/me/proj/data", "/data")
     assert m.options == ["rbind", "ro"]
     assert parse_volume("/a:/b:z", "/").options == ["rbind"]
-    for bad in ("/a", "/a:b", ":/b", "/a:/b:bogus", "/a:/b:ro:x"):
+    for bad in ("a", "/a:b", ":/b", "/a:/b:bogus", "/a:/b:ro:x", "/a:/b:nocopy"):
         with pytest.raises(UsageError):
             parse_volume(bad, "/")
-    with pytest.raises(UsageError, match="named volume"):
-        parse_volume("cache:/cache", "/")
+
+
+def test_named_and_anonymous_volume_parsing():
+    m = parse_volume("cache:/var/cache/:ro,nocopy", "/")
+    assert (m.type, m.source, m.destination, m.options) == (
+        "volume", "cache", "/var/cache", ["ro", "nocopy"])
+    anon = parse_volume("/scratch", "/")
+    assert (anon.type, anon.source, anon.destination) == ("volume", "", "/scratch")
+    with pytest.raises(UsageError, match="neither a host path nor a volume name"):
+        parse_volume("~/x:/x", "/")
+    with pytest.raises(UsageError, match="invalid option 'rbind'"):
+        parse_volume("cache:/c:rbind", "/")
+
+
+def test_unresolved_volume_is_refused():
+    from sandbox.runtime.spec import Mount
+
+    with pytest.raises(UsageError, match="not resolved"):
+        _gen(mounts=[Mount("/c", "volume", "cache", [])])
+    spec = _gen(mounts=[Mount("/c", "bind", "/vols/cache/_data", ["rbind"])])
+    assert spec.mounts[-1].source == "/vols/cache/_data"
 
 
 def test_tmpfs_defaults_as_podman():
