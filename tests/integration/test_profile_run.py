@@ -258,3 +258,19 @@ def test_bootstrapped_offline_profile(proj: Project) -> None:
     assert 'bootstrap = "sha256:' in (proj.dir / "sbx.lock").read_text()
     proj.sbx("run", "--locked", "off", "--", "true")
     proj.life.sbx.run("rmi", "-f", img, env=proj.env, timeout=60)
+
+
+def test_named_volumes_persist_across_runs(proj: Project) -> None:
+    proj.write("sbx.toml", f"""\
+        [profiles.cache]
+        image = "{proj.life.image}"
+        volumes = {{ pkg-cache = "/var/cache/pkgs" }}
+        """)
+    proj.sbx("run", "cache", "--", "sh", "-c",
+             "test ! -e /var/cache/pkgs/a && echo one > /var/cache/pkgs/a")
+    out = proj.sbx("run", "cache", "--", "sh", "-c",
+                   "cat /var/cache/pkgs/a; stat -c %u /var/cache/pkgs /var/cache/pkgs/a")
+    assert out.stdout.split() == ["one", str(proj.user.uid), str(proj.user.uid)]
+    [vol] = json.loads(proj.sbx("volume", "inspect", "pkg-cache").stdout)
+    assert vol["Name"] == "pkg-cache"
+    assert proj.containers() == []  # the runs are gone, the volume stays
