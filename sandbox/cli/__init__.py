@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("sandbox.cli.logs:logs", "Show a container's output."),
     "rename": ("sandbox.cli.rename:rename", "Rename a container."),
     "diff": ("sandbox.cli.diff:diff", "Show a container's changes to its image (A/C/D)."),
+    "exec": ("sandbox.cli.exec:exec_", "Run a command in a running container."),
     "container": ("sandbox.cli.container:container",
                   "Manage containers (ls, inspect, prune, rm, ...)."),
     "profile": ("sandbox.cli.profile:profile",
