@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("sandbox.cli.diff:diff", "Show a container's changes to its image (A/C/D)."),
     "exec": ("sandbox.cli.exec:exec_", "Run a command in a running container."),
     "top": ("sandbox.cli.top:top", "Show a running container's processes."),
+    "attach": ("sandbox.cli.attach:attach", "Attach to a running container's input and output."),
     "container": ("sandbox.cli.container:container",
                   "Manage containers (ls, inspect, prune, rm, ...)."),
     "profile": ("sandbox.cli.profile:profile",
