@@ -282,16 +282,23 @@ def _relay(sock: socket.socket, stdin: bool, matcher: DetachMatcher) -> bool:
                 return False  # our reader went away (`sbx attach C | head`): detach
         if 0 in ready:
             data = os.read(0, 65536)
-            if not data:
-                readers.remove(0)
-                if matcher.held:
-                    sock.sendall(STDIN + matcher.held)
-                sock.sendall(STDIN)  # our stdin ended
-                continue
-            data, detached = matcher.feed(data)
+            detached = False
             if data:
-                for i in range(0, len(data), MAX_MESSAGE - 1):
-                    sock.sendall(STDIN + data[i:i + MAX_MESSAGE - 1])
+                data, detached = matcher.feed(data)
+                messages = [STDIN + data[i:i + MAX_MESSAGE - 1]
+                            for i in range(0, len(data), MAX_MESSAGE - 1)]
+            else:
+                readers.remove(0)
+                messages = [STDIN + matcher.held] if matcher.held else []
+                messages.append(STDIN)  # our stdin ended
+            try:
+                for message in messages:
+                    sock.sendall(message)
+            except OSError:
+                # The container ended and its monitor closed the socket while we
+                # were sending: what it printed is still to be read, then the EOF.
+                if 0 in readers:
+                    readers.remove(0)
             if detached:
                 return False
 

@@ -198,7 +198,8 @@ def test_exec_detached(life: Life, test_user: User) -> None:
 def test_exec_forwards_signals(life: Life) -> None:
     start(life, "sig")
     p = life.popen("exec", "sig", "sh", "-c",
-                   "trap 'echo got-term; exit 3' TERM; echo ready; sleep 1000 >/dev/null 2>&1 & wait",
+                   "trap 'echo got-term; exit 3' TERM; echo ready; "
+                   "sleep 1000 >/dev/null 2>&1 & wait",
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     assert p.stdout.readline() == "ready\n"
