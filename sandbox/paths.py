@@ -77,6 +77,7 @@ def runtime_dir() -> str:
 #   DATA/container-names/<name>        symlink -> <id>: one name, one container
 #   DATA/containers.lock               flock(2)ed around name changes
 #   RUNTIME/containers/<id>/           generated /etc files; gone after a reboot
+#   RUNTIME/containers/<id>/attach     a detached monitor's attach socket
 #   RUNTIME/exits/<id>                 the exit code of a --rm container (conmon's
 #                                      --exit-dir), for `sbx wait` after its removal
 
@@ -152,6 +153,11 @@ def container_run_dir(container_id: str) -> str:
     """Per-container runtime files (generated /etc/hosts, hostname, resolv.conf),
     written again at every start, as podman's runroot userdata/."""
     return os.path.join(runtime_dir(), "containers", container_id)
+
+
+def container_attach_socket(container_id: str) -> str:
+    """The detached monitor's attach socket (conmon's "attach"), in the runtime dir."""
+    return os.path.join(container_run_dir(container_id), "attach")
 
 
 def container_exits_dir() -> str:

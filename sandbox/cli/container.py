@@ -33,6 +33,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("sandbox.cli.inspect:container_inspect", "Show containers' details."),
     "logs": ("sandbox.cli.logs:logs", "Show a container's output."),
     "rename": ("sandbox.cli.rename:rename", "Rename a container."),
+    "exec": ("sandbox.cli.exec:exec_", "Run a command in a running container."),
+    "top": ("sandbox.cli.top:top", "Show a running container's processes."),
+    "attach": ("sandbox.cli.attach:attach", "Attach to a running container."),
     "prune": ("sandbox.cli.container:prune", "Remove every container that is not running."),
 }
 

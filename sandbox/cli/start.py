@@ -3,7 +3,8 @@
 Without -a each container gets a detached monitor (sandbox/containers/monitor.py)
 and its name is printed as given, as podman does. With -a this command is the
 monitor: the container's output comes here and to its log, and its exit status
-becomes this command's. Starting a running container does nothing.
+becomes this command's. Starting a running container does nothing; with -a it
+attaches to it (`sbx attach`, through its monitor's attach socket).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from sandbox.cli import handle_errors
+from sandbox.cli.attach import attach_options
 from sandbox.errors import UsageError
 
 
@@ -22,9 +24,11 @@ from sandbox.errors import UsageError
 @click.option("-a", "--attach", is_flag=True,
               help="Run in the foreground: its output here, its exit code ours.")
 @click.option("-i", "--interactive", is_flag=True, help="With -a: pass our stdin to it.")
+@attach_options
 @click.argument("containers", nargs=-1, required=True)
 @handle_errors
-def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> None:
+def start(attach: bool, interactive: bool, detach_keys: str, sig_proxy: bool,
+          containers: tuple[str, ...]) -> None:
     """Start one or more containers."""
     from sandbox.cli.container import each
     from sandbox.containers import lifecycle
@@ -36,6 +40,11 @@ def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> None:
                              hint="start the others without -a")
         store = ContainerStore()
         found = store.lookup(containers[0])
+        if found.running:
+            from sandbox.cli.attach import attach_to, exit_with
+
+            exit_with(attach_to(store, found, stdin=interactive, detach_keys=detach_keys,
+                                sig_proxy=sig_proxy))
         code = lifecycle.start(store, found, attach=True,
                                interactive=interactive or bool(found.config.get("interactive")))
         sys.stdout.flush()

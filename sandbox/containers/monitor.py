@@ -25,9 +25,12 @@ The log is podman's k8s-file format (logs.py). Each chunk is written as it arriv
 and the exit is recorded only after both pipes reached end-of-file, so a line the
 container wrote just before it exited is in the log when `sbx wait` returns.
 
-Attaching to a detached container (`sbx attach`, `start -a` of a detached one) is
-part B's: the monitor's loop takes a list of sinks per stream, so a unix socket in
-the runtime directory (conmon's attach socket) can be added as one more sink.
+Attaching to a detached container (`sbx attach`, `start -a` of a running one): the
+detached monitor listens on an attach socket in the container's runtime directory
+(conmon's), relays the output to every client as it logs it, and their input to
+the container's stdin, which for a container made with -i is a pipe (or its pty)
+the monitor keeps open (attach.py has the protocol). A foreground run has no
+socket: its stdio is its sbx command's.
 """
 
 from __future__ import annotations
@@ -120,12 +123,14 @@ class Run:
             self.ctr.close()
             raise
 
-    def pump(self, sinks: dict[bytes, int], stdin: int = -1) -> None:
-        """Copy the container's output to the log and to `sinks` (stream -> fd) until
-        it ends; with a terminal, also `stdin` -> the pty."""
+    def pump(self, sinks: dict[bytes, int], stdin: int = -1, hub: Any = None,
+             ctr_in: _Input | None = None) -> None:
+        """Copy the container's output to the log, to `sinks` (stream -> fd) and to
+        attached clients (`hub`) until it ends; with a terminal, also `stdin` -> the
+        pty; the clients' input to `ctr_in`."""
         assert self.ctr is not None and self.log is not None
         _pump(self.ctr, self.outputs, self.log, dict(sinks),
-              stdin if self.ctr.master >= 0 else -1)
+              stdin if self.ctr.master >= 0 else -1, hub, ctr_in)
 
     def close_outputs(self) -> None:
         for fd, _stream in self.outputs:
@@ -190,8 +195,45 @@ def _write_all(fd: int, data: bytes) -> None:
             select.select([], [fd], [])
 
 
+class _Input:
+    """The container's stdin as attach clients feed it (a detached -i container): a
+    pipe, or the pty master with -t. Writes never block the monitor: what the
+    container has not read yet waits here, so a container that does not read its
+    stdin cannot stop its output from being logged."""
+
+    def __init__(self, fd: int, is_pty: bool) -> None:
+        self.fd = fd
+        self.is_pty = is_pty
+        self.pending = bytearray()
+        self.eof = False  # close the pipe once `pending` is written
+
+    def add(self, data: bytes) -> None:
+        if self.fd >= 0:
+            self.pending += data
+
+    def flush(self) -> bool:
+        """Write what can be written; True while some is left."""
+        while self.pending and self.fd >= 0:
+            try:
+                n = os.write(self.fd, self.pending)
+            except BlockingIOError:
+                return True
+            except OSError:  # the container closed its stdin (EPIPE)
+                self.pending.clear()
+                break
+            del self.pending[:n]
+        if self.eof and not self.pending and self.fd >= 0 and not self.is_pty:
+            os.close(self.fd)
+            self.fd = -1
+        return bool(self.pending)
+
+
 def _pump(ctr: process.Launched, outputs: list[tuple[int, bytes]], log: LogWriter,
-          sinks: dict[bytes, int], stdin: int) -> None:
+          sinks: dict[bytes, int], stdin: int, hub: Any = None,
+          ctr_in: _Input | None = None) -> None:
+    """Copy output to the log, `sinks` and attached clients (`hub`, an attach.Hub)
+    until the container's side ends; `stdin` (a foreground run's terminal) and the
+    clients' input to its pty or stdin pipe (`ctr_in`)."""
     poller = select.poll()
     streams: dict[int, bytes] = {}
     for fd, stream in outputs:
@@ -199,6 +241,11 @@ def _pump(ctr: process.Launched, outputs: list[tuple[int, bytes]], log: LogWrite
         streams[fd] = stream
     if stdin >= 0:
         poller.register(stdin, select.POLLIN)
+    listener = -1
+    if hub is not None:
+        listener = hub.listener.fileno()
+        poller.register(listener, select.POLLIN)
+    writing = False  # ctr_in registered for POLLOUT (distinct from a pty's POLLIN)
     while streams:
         events = poller.poll(1000)
         if not events:
@@ -207,10 +254,23 @@ def _pump(ctr: process.Launched, outputs: list[tuple[int, bytes]], log: LogWrite
                 # left the container's pid namespace cannot exist, but a pty's slave
                 # can linger): take what is there and stop.
                 for fd, stream in list(streams.items()):
-                    _drain(fd, stream, log, sinks)
+                    _drain(fd, stream, log, sinks, hub)
                 break
             continue
-        for fd, _ev in events:
+        for fd, ev in events:
+            if fd == listener:
+                conn = hub.accept()
+                if conn is not None:
+                    poller.register(conn, select.POLLIN)
+                continue
+            if hub is not None and fd in hub.clients:
+                _from_client(hub, fd, poller, ctr, ctr_in)
+                continue
+            if ctr_in is not None and fd == ctr_in.fd and ev & select.POLLOUT and writing:
+                if not ctr_in.flush():
+                    poller.unregister(fd)
+                    writing = False
+                continue
             if fd == stdin:
                 data = b""
                 with contextlib.suppress(OSError):
@@ -235,10 +295,51 @@ def _pump(ctr: process.Launched, outputs: list[tuple[int, bytes]], log: LogWrite
                 poller.unregister(fd)
                 del streams[fd]
                 continue
-            _deliver(stream, data, log, sinks)
+            _deliver(stream, data, log, sinks, hub)
+        if (ctr_in is not None and ctr_in.pending and not writing and not ctr_in.is_pty
+                and ctr_in.flush()):
+            poller.register(ctr_in.fd, select.POLLOUT)
+            writing = True
+    if ctr_in is not None and ctr_in.fd >= 0 and not ctr_in.is_pty:
+        with contextlib.suppress(OSError):
+            os.close(ctr_in.fd)
+        ctr_in.fd = -1
 
 
-def _deliver(stream: bytes, data: bytes, log: LogWriter, sinks: dict[bytes, int]) -> None:
+def _from_client(hub: Any, fd: int, poller: Any, ctr: process.Launched,
+                 ctr_in: _Input | None) -> None:
+    from sandbox.containers import attach
+
+    got = hub.receive(fd)
+    if got is None:
+        poller.unregister(fd)
+        return
+    kind, data = got
+    if kind == attach.RESIZE and ctr.master >= 0 and len(data) == 8:
+        import fcntl
+        import termios
+
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(ctr.master, termios.TIOCSWINSZ, data)
+    elif kind == attach.STDIN and ctr_in is not None:
+        if data:
+            ctr_in.add(data)
+        elif ctr_in.is_pty:
+            ctr_in.add(b"\x04")  # the terminal's EOF character
+        else:
+            ctr_in.eof = True  # podman's attach closes the container's stdin too
+        if ctr_in.is_pty:
+            # A terminal's input is a few keystrokes; the master is also our output
+            # fd, so it stays blocking and is written at once.
+            with contextlib.suppress(OSError):
+                _write_all(ctr_in.fd, bytes(ctr_in.pending))
+            ctr_in.pending.clear()
+        else:
+            ctr_in.flush()
+
+
+def _deliver(stream: bytes, data: bytes, log: LogWriter, sinks: dict[bytes, int],
+             hub: Any = None) -> None:
     log.write(stream, data)
     sink = sinks.get(stream)
     if sink is not None:
@@ -248,13 +349,16 @@ def _deliver(stream: bytes, data: bytes, log: LogWriter, sinks: dict[bytes, int]
             # The reader went away (EPIPE: `sbx run ... | head`): keep logging; the
             # container is not stopped for it (conmon does the same).
             sinks.pop(stream, None)
+    if hub is not None and hub.clients:
+        hub.broadcast(stream, data)
 
 
-def _drain(fd: int, stream: bytes, log: LogWriter, sinks: dict[bytes, int]) -> None:
+def _drain(fd: int, stream: bytes, log: LogWriter, sinks: dict[bytes, int],
+           hub: Any = None) -> None:
     os.set_blocking(fd, False)
     with contextlib.suppress(OSError):
         while data := os.read(fd, 65536):
-            _deliver(stream, data, log, sinks)
+            _deliver(stream, data, log, sinks, hub)
 
 
 # -- attached: this process is the monitor ------------------------------------------
@@ -375,22 +479,50 @@ def _monitor_main(store: ContainerStore, container: Container, spec: Spec,
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     run = Run(store, container, spec, maps)
+    # The attach socket listens before the container starts, so an `sbx attach` right
+    # after `run -d` returns finds it (connections wait in the backlog until pump).
+    hub = None
+    with contextlib.suppress(OSError):
+        from sandbox.containers import attach
+
+        hub = attach.Hub(attach.listen(container.id))
+    # -i: the container's stdin is a pipe the monitor holds open for attach clients
+    # (`run -d -i`, podman's and docker's "keep STDIN open"); else /dev/null.
+    interactive = bool(container.config.get("interactive"))
+    in_r = in_w = -1
+    if interactive and not spec.process.terminal:
+        in_r, in_w = os.pipe()
+        os.set_blocking(in_w, False)
     try:
-        run.launch(0, interactive=False)  # /dev/null (_detach_stdio)
+        run.launch(in_r if in_r >= 0 else 0, interactive=interactive)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.write(ready_w, process.encode_error(exc))
+        if hub is not None:
+            hub.close()
         return
     finally:
         lock.release()  # our copy; the sbx command drops its own when it reads "ok"
+        if in_r >= 0:
+            os.close(in_r)
     assert run.ctr is not None
     with contextlib.suppress(OSError):
         os.write(ready_w, b"ok %d" % run.ctr.pid)
     os.close(ready_w)
+    ctr_in = None
+    if in_w >= 0:
+        ctr_in = _Input(in_w, is_pty=False)
+    elif interactive and run.ctr.master >= 0:
+        ctr_in = _Input(run.ctr.master, is_pty=True)
     code = 125
     try:
-        run.pump({})
+        run.pump({}, hub=hub, ctr_in=ctr_in)
     finally:
+        if hub is not None:
+            hub.close()  # the clients see the end; the socket file goes with the
+            # runtime directory (remove_runtime_files)
+        if ctr_in is not None and ctr_in.fd >= 0 and not ctr_in.is_pty:
+            os.close(ctr_in.fd)
         code = run.finish()
     if after_exit is not None:
         try:

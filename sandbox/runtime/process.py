@@ -65,7 +65,8 @@ def _encode_error(exc: BaseException) -> dict[str, Any]:
         return {"kind": "syscall", "op": exc.op, "errno": exc.errno, "path": exc.path,
                 "hint": exc.hint}
     if isinstance(exc, SbxError):
-        return {"kind": "sbx", "message": exc.message, "hint": exc.hint}
+        return {"kind": "sbx", "message": exc.message, "hint": exc.hint,
+                "exit_code": exc.exit_code}
     if isinstance(exc, OSError):
         return {"kind": "syscall", "op": "container setup", "errno": exc.errno or errno.EIO,
                 "path": exc.filename, "hint": None}
@@ -85,7 +86,11 @@ def _decode_error(data: bytes) -> SbxError:
         err2 = SyscallError(info["op"], info["errno"], info.get("path"), info.get("hint"))
         err2.message = "can't set up the container: " + err2.message
         return err2
-    return SbxError(info.get("message", "container setup failed"), info.get("hint"))
+    err = SbxError(info.get("message", "container setup failed"), info.get("hint"))
+    code = info.get("exit_code")
+    if isinstance(code, int) and code != EXIT_SBX:
+        err.exit_code = code  # e.g. 127 for exec's missing working directory
+    return err
 
 
 def encode_error(exc: BaseException) -> bytes:
@@ -484,6 +489,19 @@ class Launched:
             self._status = 128 + signal.SIGKILL
         if self.has_daemons:
             reap_orphans()
+        self._forwarder.__exit__(None, None, None)
+        self._sock.close()
+        os.close(self._err_r)
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+    def release(self) -> None:
+        """Let the process go on without us (`exec -d`): close our ends of the pipes
+        and stop forwarding signals, but neither kill nor reap it."""
+        if self._closed:
+            return
+        self._closed = True
         self._forwarder.__exit__(None, None, None)
         self._sock.close()
         os.close(self._err_r)
