@@ -111,8 +111,14 @@ def run(container: Container, opts: ExecOptions, host_env: Mapping[str, str]) ->
     if not procfs.is_running(pid, st.get("pid_start", 0), st.get("boot_id", "")):
         nsenter.close_all(fds)
         raise _gone(container)
+    cgroup = ""
+    if container.config.get("limits"):
+        from sandbox.runtime import cgroups
+
+        cgroup = cgroups.of_process(pid) or ""
     launched = nsenter.enter(espec, fds, user_spec=opts.user, set_home=sets_home(opts),
-                             interactive=opts.interactive, detach=opts.detach)
+                             interactive=opts.interactive, detach=opts.detach,
+                             cgroup=cgroup)
     if opts.detach:
         launched.release()
         return None

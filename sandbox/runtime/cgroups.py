@@ -138,6 +138,19 @@ def create(parent: str, container_id: str, limits: Limits) -> str:
     return str(path)
 
 
+def of_process(pid: int) -> str | None:
+    """The cgroup v2 directory `pid` is in (for `sbx exec`, which joins it), if any."""
+    from sandbox.system.checks import cgroup2_mounts, self_cgroup_path
+
+    path = self_cgroup_path(_read(Path(f"/proc/{pid}/cgroup")))
+    mounts = cgroup2_mounts(_read(Path("/proc/self/mounts")))
+    if path is None or not mounts:
+        return None
+    mount = "/sys/fs/cgroup" if "/sys/fs/cgroup" in mounts else mounts[0]
+    d = os.path.join(mount, path.lstrip("/"))
+    return d if os.path.basename(d).startswith("sbx-") else None
+
+
 def add_process(path: str, pid: int) -> None:
     _write(Path(path) / "cgroup.procs", str(pid))
 

@@ -170,7 +170,7 @@ def _process(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
 
 def _intermediate(spec: Spec, fds: list[tuple[int, int]], user_spec: str | None,
                   set_home: bool, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
-                  interactive: bool, detach: bool) -> NoReturn:
+                  interactive: bool, detach: bool, cgroup: str = "") -> NoReturn:
     # Import now what the children need: after the mount namespace is joined, the
     # host's Python library is out of sight.
     import array  # noqa: F401 - socket.send_fds imports it lazily
@@ -178,6 +178,12 @@ def _intermediate(spec: Spec, fds: list[tuple[int, int]], user_spec: str | None,
 
     from sandbox.runtime import terminal  # noqa: F401
 
+    if cgroup:
+        # Into the container's cgroup before anything is forked, so that its limits
+        # hold the exec'd command too (podman runs exec sessions in the container's
+        # cgroup); "0" is "this process" (cgroup-v2.rst, cgroup.procs).
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write("0")
     _join(fds, sys)
     if user_spec is not None:
         # -u is resolved against the container's files as they are now, read from
@@ -229,7 +235,7 @@ def apply_user(spec: Spec, user: ExecUser, set_home: bool) -> None:
 # -- the sbx side --------------------------------------------------------------------
 def enter(spec: Spec, fds: list[tuple[int, int]], *, user_spec: str | None = None,
           set_home: bool = True, interactive: bool = False, detach: bool = False,
-          sys: sc.Syscalls | None = None) -> process.Launched:
+          cgroup: str = "", sys: sc.Syscalls | None = None) -> process.Launched:
     """Start `spec.process` in the namespaces `fds` (open_namespaces, in join order)
     and return once it has exec'd, as this process's child (process.Launched: wait(),
     close(), the pty master). The fds are closed. With `detach` the process keeps
@@ -254,7 +260,7 @@ def enter(spec: Spec, fds: list[tuple[int, int]], *, user_spec: str | None = Non
         os.close(err_r)
         try:
             _intermediate(spec, fds, user_spec, set_home, child_sock, err_w, sys,
-                          interactive, detach)
+                          interactive, detach, cgroup)
         except BaseException as exc:  # must never return into sbx
             process._die(err_w, exc)
         finally:
