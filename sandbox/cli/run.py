@@ -343,25 +343,28 @@ def run(detach: bool, locked: bool, command: tuple[str, ...], **opts: Any) -> No
     sbx run [OPTIONS] PROFILE [-- COMMAND [ARG...]]   (docs/profiles.md)
     sbx run --rootfs DIR [OPTIONS] [--] COMMAND [ARG...]
     """
-    if command and opts["rootfs"] is None and _is_profile(command[0]):
+    search = _profile_search(command[0]) if command and opts["rootfs"] is None else None
+    if search is not None:
         from sandbox.cli.profile_run import run_profile
 
-        run_profile(command[0], command[1:], opts, detach=detach, locked=locked)
+        run_profile(command[0], command[1:], opts, detach=detach, locked=locked,
+                    search=search)
         return
     if locked:
         raise UsageError("--locked is for profiles", hint="sbx run --locked PROFILE")
     start_created(opts, command, detach)
 
 
-def _is_profile(text: str) -> bool:
-    """A profile name or .toml path (docs/profiles.md, "Profile or image?"). Only a
-    bare name or a .toml path loads the profile code: an image reference with a
-    registry, a tag or a digest never does (the run fast path)."""
+def _profile_search(text: str) -> Any:
+    """The profile Search when `text` names a profile (docs/profiles.md, "Profile or
+    image?"), else None. Only a bare name or a .toml path loads the profile code: an
+    image reference with a registry, a tag or a digest never does (the run fast
+    path)."""
     if not text.endswith(".toml") and any(c in text for c in ":/@"):
-        return False
-    from sandbox.profiles.load import is_profile_reference
+        return None
+    from sandbox.profiles.load import profile_search
 
-    return is_profile_reference(text)
+    return profile_search(text)
 
 
 def start_created(opts: dict[str, Any], command: tuple[str, ...] | list[str],
@@ -482,7 +485,7 @@ class _RunCache:
         entry = cls._load().get(text)
         if not isinstance(entry, dict) or entry.get("stamp") != cls.stamp():
             return None
-        if "volumes" not in (entry.get("config") or {}):
+        if "config" in entry and "volumes" not in entry["config"]:
             return None  # written by an sbx that did not keep the image's Volumes
         if not all(os.path.isdir(d) for d in entry.get("dirs", [])):
             return None

@@ -477,7 +477,15 @@ def is_profile_reference(text: str, cwd: str | None = None, *, bundled: bool = T
     `sbx run python:3.12`, `sbx run docker.io/library/python` or `sbx run
     python:latest` run the image as docker would. `bundled=False` leaves bundled
     names to images."""
-    if text.endswith(".toml"):
-        return True
-    return Search(cwd).exists(text, bundled=bundled)
+    return profile_search(text, cwd, bundled=bundled) is not None
+
+
+def profile_search(text: str, cwd: str | None = None, *, bundled: bool = True
+                   ) -> Search | None:
+    """is_profile_reference, returning the Search that decided (with the files it
+    parsed), for the caller to load the profile from without parsing them again."""
+    search = Search(cwd)
+    if text.endswith(".toml") or search.exists(text, bundled=bundled):
+        return search
+    return None
 
