@@ -33,6 +33,7 @@ PACKAGES=(
     hyperfine skopeo docker-registry openssl apache2-utils zstd
     mmdebstrap umoci gpg arch-test
     iproute2 procps util-linux
+    qemu-system-x86
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -63,6 +64,11 @@ if ((${#missing[@]})); then
 else
     say "packages: all ${#PACKAGES[@]} already installed"
 fi
+
+# --- test VM kernel -----------------------------------------------------------
+# Debian's kernel for the cgroup v2 VM test (tests/vm_rig.py), fetched into
+# /var/cache/sbx-test/vm and never installed; x86_64 only, a no-op elsewhere.
+bash "$ROOT/scripts/mkvm.sh" | sed 's/^/setup: /'
 
 # --- venv -------------------------------------------------------------------
 if [[ ! -x $VENV/bin/python ]]; then

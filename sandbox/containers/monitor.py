@@ -102,6 +102,10 @@ class Run:
             for fd in pipes:
                 os.close(fd)
             self.log.close()
+            if self.spec.linux.cgroup_path:
+                from sandbox.runtime import cgroups
+
+                cgroups.remove(self.spec.linux.cgroup_path)
             _record_failed_start(self.store, cid, exc, self.durable)
             raise
         if pipes:

@@ -141,6 +141,7 @@ class Executor:
         self.rootfs = os.path.abspath(rootfs)
         self.sys = sys
         self.owner = owner  # the container process's uid and gid (for new volumes)
+        self.cgroup_path = ""  # the container's own cgroup on the host, when it has one
 
     # -- helpers ---------------------------------------------------------------------
     def target(self, dest: str) -> str:
@@ -229,6 +230,16 @@ class Executor:
             # gid 5 (tty) is not mapped in a single-id user namespace.
             data = ",".join(o for o in opts.data.split(",") if not o.startswith("gid="))
             self.sys.mount(step.source, path, step.fstype, opts.flags, data)
+            return True
+        if step.fstype == "cgroup2":
+            # With the host's /sys bound in (above), its cgroup2 mount is already at
+            # /sys/fs/cgroup, and the kernel refuses the same superblock on top of
+            # its own root (EBUSY). runc's rootless fallback: bind the container's
+            # own cgroup directory there instead. Without one (no limits) or on any
+            # other error, /sys's view stays as it is.
+            if self.cgroup_path and os.path.isdir(self.cgroup_path):
+                self.sys.mount(self.cgroup_path, path, None, sc.MS_BIND, None)
+                self.remount_readonly(path)
             return True
         if step.fstype == "mqueue" and err.errno in (errno.EPERM, errno.EACCES):
             if os.path.isdir("/dev/mqueue"):
@@ -355,6 +366,7 @@ def setup(spec: Spec, sys: sc.Syscalls) -> None:
     if not os.path.isdir(spec.root.path):
         raise SbxError(f"rootfs {spec.root.path} is not a directory")
     ex = Executor(spec.root.path, sys, (spec.process.user.uid, spec.process.user.gid))
+    ex.cgroup_path = spec.linux.cgroup_path
     ex.prepare_root(spec.root.mount, spec.root.mount_cwd)
     for step in plan(spec):
         ex.run(step)

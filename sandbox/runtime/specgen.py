@@ -237,6 +237,12 @@ def default_mounts(network: str) -> list[Mount]:
         Mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
         Mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
     ]
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        # A pure cgroup v2 host: the container's own cgroup at /sys/fs/cgroup (its
+        # cgroup namespace's root), where the JVM, Go and systemd read memory.max and
+        # cpu.max, as runc and crun mount it. Hybrid and v1 hosts keep what /sys shows.
+        mounts.append(Mount("/sys/fs/cgroup", "cgroup2", "cgroup",
+                            ["nosuid", "noexec", "nodev", "relatime", "ro"]))
     mounts += [Mount(d, "bind", d, ["bind", "nosuid", "noexec"]) for d in DEVICES]
     return mounts
 

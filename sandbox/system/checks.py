@@ -653,6 +653,11 @@ def probe_cgroups(
     if path is None:
         return CgroupInfo(version, mount)
     directory = Path(mount) / path.lstrip("/")
+    if directory.name == "sbx-leaf" and path != "/":
+        # An earlier sbx moved the processes of the delegated cgroup D into its leaf
+        # D/sbx-leaf (runtime/cgroups.py); containers are still made in D.
+        directory = directory.parent
+        path = str(Path(path).parent)
     controllers = tuple(_read_text(directory / "cgroup.controllers").split())
     subtree = tuple(_read_text(directory / "cgroup.subtree_control").split())
     # Delegation (cgroup-v2.rst, "Delegation Containment"): the delegatee owns the
