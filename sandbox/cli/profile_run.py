@@ -193,7 +193,7 @@ class ProfileRun:
             labels=(), stop_signal=None, stop_timeout=None, entrypoint="",
             env=tuple(ro["env"]), env_file=(), workdir=ro["workdir"], user="0:0",
             hostname=None, read_only=False, tmpfs=tuple(ro["tmpfs"]), cap_add=(),
-            cap_drop=(), interactive=False, tty=False, init=False, userns="",
+            cap_drop=(), devices=(), interactive=False, tty=False, init=False, userns="",
             network="host" if ro["network"] == "host" else ro["network"],
             volume=tuple(self._volumes(ro)))
         created = create_container(opts, (image, "/bin/sh", "-c", SETUP_SCRIPT,
@@ -243,6 +243,7 @@ class ProfileRun:
             env=(*ro["env"], *cli["env"]),
             volume=(*self._volumes(ro), *cli["volume"]),
             tmpfs=(*ro["tmpfs"], *cli["tmpfs"]),
+            devices=(*ro["devices"], *cli.get("devices", ())),
             workdir=cli["workdir"] or ro["workdir"],
             labels=(f"sbx.profile={self.profile.name}", *cli["labels"]),
             auto_remove=True,
@@ -265,9 +266,6 @@ class ProfileRun:
 def notes(ro: dict[str, Any]) -> list[str]:
     """What the profile asks for that this run can't give, one line each."""
     out = list(ro["warnings"])
-    if ro["devices"]:
-        out.append("forward.gpu: device nodes are not passed in yet: "
-                   + ", ".join(ro["devices"]))
     if ro["ports"] and ro["network"] != "host":
         out.append("ports: publishing needs rootless networking (slirp4netns/pasta), "
                    "which sbx does not have yet; use network = \"host\"")

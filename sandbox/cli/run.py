@@ -80,6 +80,8 @@ CREATE_OPTIONS: list[Callable[..., Any]] = [
                  help="Bind-mount a host path, or mount a named volume (NAME:CTR) or an "
                  "anonymous one (CTR)."),
     click.option("--tmpfs", multiple=True, metavar="PATH[:OPTS]", help="Mount a tmpfs."),
+    click.option("--device", "devices", multiple=True, metavar="HOST[:CTR]",
+                 help="Give the container a host device (bound; a folder of them too)."),
     click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL)."),
     click.option("--cap-drop", multiple=True, metavar="CAP",
                  help="Drop a capability (or ALL)."),
@@ -237,6 +239,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
         cap_drop=list(opts["cap_drop"]), interactive=opts["interactive"], tty=opts["tty"],
         init=opts["init"], userns=userns, network=network,
         image_env=list(image.config.env) if image else None,
+        devices=list(opts.get("devices") or ()),
     )
     user_spec = user if user is not None else (
         f"{uid}:{gid}" if keep_id else (image.config.user if image else ""))

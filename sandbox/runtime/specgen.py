@@ -71,6 +71,7 @@ class RunOptions(Record):
         "args",
         "cap_add",
         "cap_drop",
+        "devices",
         "env",
         "env_file_text",
         "hostname",
@@ -109,6 +110,7 @@ class RunOptions(Record):
         network: str = "host",  # host | none
         image_env: list[str] | None = None,  # the image config's Env, under -e
         mounts: list[Mount] | None = None,  # more mounts, volumes already resolved
+        devices: list[str] | None = None,  # --device HOST[:CTR[:PERMS]]
     ) -> None:
         self.rootfs = rootfs
         self.args = args
@@ -129,6 +131,7 @@ class RunOptions(Record):
         self.network = network
         self.image_env = image_env or []
         self.mounts = mounts or []
+        self.devices = devices or []
 
 
 def parse_env_file(path: str, text: str, host_env: Mapping[str, str]) -> list[str]:
@@ -216,6 +219,33 @@ def parse_volume(spec: str, cwd: str) -> Mount:
     return Mount(ctr, "bind", os.path.normpath(os.path.join(cwd, src)), options)
 
 
+def parse_device(spec: str) -> Mount:
+    """--device HOST[:CTR[:PERMS]] as docker writes it, made a bind of the host's node:
+    a rootless runtime can't mknod, so runc and crun bind the device (and a folder
+    of devices such as /dev/dri whole); PERMS (rwm) would be a device cgroup rule,
+    which a rootless container has no say over, so it is accepted and not applied,
+    as podman does rootless."""
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise UsageError(f"invalid --device {spec!r}", hint="--device /dev/HOST[:/dev/CTR]")
+    host = parts[0]
+    ctr = parts[1] if len(parts) > 1 and parts[1].startswith("/") else host
+    if len(parts) > 1 and not parts[1].startswith("/") and not set(parts[1]) <= set("rwm"):
+        raise UsageError(f"invalid --device {spec!r}: {parts[1]!r} is neither a path "
+                         "nor permissions (rwm)")
+    try:
+        st = os.stat(host)
+    except OSError as exc:
+        raise UsageError(f"--device {host}: {exc.strerror}",
+                         hint="give a device node that exists on the host") from None
+    import stat as stat_
+
+    if not (stat_.S_ISCHR(st.st_mode) or stat_.S_ISBLK(st.st_mode) or stat_.S_ISDIR(st.st_mode)):
+        raise UsageError(f"--device {host} is not a device node or a folder of them")
+    return Mount(ctr, "bind", host, ["rbind" if stat_.S_ISDIR(st.st_mode) else "bind",
+                                     "nosuid", "noexec"])
+
+
 def parse_tmpfs(spec: str) -> Mount:
     """--tmpfs /path[:opts]; podman's defaults are rw,noexec,nosuid,nodev."""
     dest, _, opts = spec.partition(":")
@@ -299,6 +329,7 @@ def generate(
     if opts.init:
         mounts.append(Mount(INIT_PATH, "bind", find_init(), ["bind", "ro"]))
     mounts += [parse_volume(v, cwd) for v in opts.volumes]
+    mounts += [parse_device(d) for d in opts.devices]
     mounts += opts.mounts
     for m in mounts:
         if m.type == "volume":

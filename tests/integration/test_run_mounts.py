@@ -234,3 +234,17 @@ def test_tmpfs_options(sbx: SbxRunner, busybox_rootfs: Path) -> None:
     mode, mount_line = out.splitlines()
     assert mode == "700"
     assert "size=1024k" in mount_line.split()[3].split(",")
+
+
+def test_device_is_bound_in(sbx: SbxRunner, busybox_rootfs: Path) -> None:
+    """--device binds the host's node (rootless can't mknod): /dev/fuse, a character
+    device any user may open here, under its own name and under another; a folder of
+    devices (/dev/dri for a GPU) goes whole; a missing one is a clear error."""
+    out = run_sh(sbx, busybox_rootfs,
+                 "stat -c '%t:%T %F' /dev/fuse /dev/myfuse; test -w /dev/fuse && echo w",
+                 "--device", "/dev/fuse", "--device", "/dev/fuse:/dev/myfuse:rw")
+    host = os.stat("/dev/fuse")
+    major, minor = f"{os.major(host.st_rdev):x}", f"{os.minor(host.st_rdev):x}"
+    assert out.splitlines() == [f"{major}:{minor} character special file"] * 2 + ["w"]
+    missing = run(sbx, busybox_rootfs, "true", "--device", "/dev/no-such-device")
+    assert missing.returncode == 125 and "/dev/no-such-device" in missing.stderr

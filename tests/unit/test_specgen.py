@@ -151,3 +151,16 @@ def test_mounts_go_parents_first():
         for later in dests[i + 1:]:
             assert not d.startswith(later.rstrip("/") + "/"), (d, later, dests)
     assert dests.index("/home/me") < dests.index("/home/me/proj")
+
+
+def test_parse_device():
+    from sandbox.runtime.specgen import parse_device
+
+    m = parse_device("/dev/null")
+    assert (m.destination, m.source, m.options[0]) == ("/dev/null", "/dev/null", "bind")
+    assert parse_device("/dev/null:/dev/other:rw").destination == "/dev/other"
+    assert parse_device("/dev/null:rwm").destination == "/dev/null"
+    assert parse_device("/dev").options[0] == "rbind"  # a folder of devices, whole
+    for bad in ("", "/dev/null:x:y:z", "/dev/null:bogus", "/etc/passwd", "/no/such"):
+        with pytest.raises(UsageError):
+            parse_device(bad)
