@@ -13,16 +13,8 @@ import sys
 import click
 
 from sandbox.cli import handle_errors
+from sandbox.cli.options import read_env_file
 from sandbox.errors import UsageError
-
-
-def _read_env_file(path: str) -> tuple[str, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return path, f.read()
-    except OSError as exc:
-        raise UsageError(f"can't read env file {path}: {exc.strerror}",
-                         hint="--env-file takes a file of KEY=VALUE lines") from None
 
 
 @click.command(name="exec", context_settings={"allow_interspersed_args": False,
@@ -57,7 +49,7 @@ def exec_(interactive: bool, tty: bool, detach: bool, user: str | None,
         interactive = tty = False
     opts = execmod.ExecOptions(command, interactive=interactive, tty=tty, detach=detach,
                                user=user, env=env,
-                               env_files=[_read_env_file(p) for p in env_file],
+                               env_files=[read_env_file(p) for p in env_file],
                                workdir=workdir)
     found = ContainerStore().lookup(container)
     code = execmod.run(found, opts, os.environ)

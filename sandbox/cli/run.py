@@ -27,28 +27,8 @@ from typing import Any
 import click
 
 from sandbox.cli import handle_errors, warn
-from sandbox.cli.options import tls_verify_option
+from sandbox.cli.options import parse_labels, read_env_file, tls_verify_option
 from sandbox.errors import UsageError
-
-
-def _read_env_file(path: str) -> tuple[str, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return path, f.read()
-    except OSError as exc:
-        raise UsageError(f"can't read env file {path}: {exc.strerror}",
-                         hint="--env-file takes a file of KEY=VALUE lines") from None
-
-
-def _parse_labels(labels: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in labels:
-        key, _, value = item.partition("=")
-        if not key:
-            raise UsageError(f"invalid label {item!r}", hint="--label KEY=VALUE (or KEY)")
-        out[key] = value
-    return out
-
 
 CREATE_OPTIONS: list[Callable[..., Any]] = [
     click.option("--rootfs", "rootfs", metavar="DIR",
@@ -162,7 +142,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
     if network not in ("host", "none"):
         raise UsageError(f"unsupported --network {network!r}",
                          hint="use --network host or --network none")
-    labels = _parse_labels(opts["labels"])
+    labels = parse_labels(opts["labels"])
     if opts["stop_signal"]:
         from sandbox.containers.lifecycle import parse_signal
 
@@ -232,7 +212,7 @@ def create_container(opts: dict[str, Any], command: tuple[str, ...]) -> Created:
         check_destinations(wanted + [specgen.parse_tmpfs(t) for t in tmpfs])
     run_opts = specgen.RunOptions(
         rootfs=rootfs, args=args, env=list(opts["env"]),
-        env_file_text=[_read_env_file(p) for p in opts["env_file"]],
+        env_file_text=[read_env_file(p) for p in opts["env_file"]],
         workdir=opts["workdir"] or (image.config.working_dir if image else None) or None,
         user=user, hostname=hostname, read_only=opts["read_only"],
         volumes=[], tmpfs=tmpfs, cap_add=list(opts["cap_add"]),

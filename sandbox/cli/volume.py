@@ -14,22 +14,13 @@ from typing import Any
 import click
 
 from sandbox.cli import handle_errors
+from sandbox.cli.options import parse_labels
 from sandbox.errors import SbxError, UsageError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def volume() -> None:
     """Manage volumes: directories that outlive containers (-v NAME:/PATH)."""
-
-
-def _labels(items: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if not key:
-            raise UsageError(f"invalid label {item!r}", hint="--label KEY=VALUE (or KEY)")
-        out[key] = value
-    return out
 
 
 def _users() -> dict[str, list[str]]:
@@ -54,7 +45,7 @@ def create(labels: tuple[str, ...], driver: str, ignore: bool, name: str | None)
 
     if driver != "local":
         raise UsageError(f"unsupported volume driver {driver!r}", hint="use --driver local")
-    vol, _made = VolumeStore().create(name, _labels(labels), exist_ok=ignore)
+    vol, _made = VolumeStore().create(name, parse_labels(labels), exist_ok=ignore)
     click.echo(vol.name)
 
 
