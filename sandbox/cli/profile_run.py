@@ -68,11 +68,11 @@ def _default(ctx: click.Context | None, name: str) -> bool:
 class ProfileRun:
     """One profile, seen from one project folder, on its way to a container."""
 
-    def __init__(self, ref: str, cwd: str | None = None, search: Any = None) -> None:
+    def __init__(self, ref: str, cwd: str | None = None, profile: Any = None) -> None:
         from sandbox.profiles.load import Search
 
         self.cwd = os.path.abspath(cwd or os.getcwd())
-        self.profile = (search or Search(self.cwd)).load(ref)
+        self.profile = profile or Search(self.cwd).load(ref)
         self._ctx: Any = None
         self._locked: tuple[str | None, str | None] | None = None
 
@@ -322,7 +322,7 @@ def resolve_image(pr: ProfileRun, cli: dict[str, Any], locked: bool) -> str:
 
 
 def run_profile(ref: str, command: Sequence[str], cli: dict[str, Any], *, detach: bool,
-                locked: bool = False, shell: bool = False, search: Any = None) -> None:
+                locked: bool = False, shell: bool = False, profile: Any = None) -> None:
     """`sbx run PROFILE [--] [CMD...]` (and `sbx shell PROFILE`)."""
     from sandbox.cli.run import start_created
     from sandbox.profiles.model import to_run_options
@@ -336,7 +336,7 @@ def run_profile(ref: str, command: Sequence[str], cli: dict[str, Any], *, detach
     command = list(command)
     if command[:1] == ["--"]:
         command = command[1:]
-    pr = ProfileRun(ref, search=search)
+    pr = ProfileRun(ref, profile=profile)
     ro = to_run_options(pr.profile, pr.cwd, os.environ, command or None)
     if shell:
         ro["args"] = ro["shell_args"]

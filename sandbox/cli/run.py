@@ -326,28 +326,40 @@ def run(detach: bool, locked: bool, command: tuple[str, ...], **opts: Any) -> No
     sbx run [OPTIONS] PROFILE [-- COMMAND [ARG...]]   (docs/profiles.md)
     sbx run --rootfs DIR [OPTIONS] [--] COMMAND [ARG...]
     """
-    search = _profile_search(command[0]) if command and opts["rootfs"] is None else None
-    if search is not None:
+    found = _profile(command[0]) if command and opts["rootfs"] is None else None
+    if found is not None:
         from sandbox.cli.profile_run import run_profile
 
         run_profile(command[0], command[1:], opts, detach=detach, locked=locked,
-                    search=search)
+                    profile=found)
         return
     if locked:
         raise UsageError("--locked is for profiles", hint="sbx run --locked PROFILE")
     start_created(opts, command, detach)
 
 
-def _profile_search(text: str) -> Any:
-    """The profile Search when `text` names a profile (docs/profiles.md, "Profile or
+def _profile(text: str) -> Any:
+    """The loaded Profile when `text` names a profile (docs/profiles.md, "Profile or
     image?"), else None. Only a bare name or a .toml path loads the profile code: an
     image reference with a registry, a tag or a digest never does (the run fast
-    path)."""
+    path). A profile loaded before, whose files are unchanged, comes from the
+    profile cache (profiles/cache.py) without reading any TOML."""
     if not text.endswith(".toml") and any(c in text for c in ":/@"):
         return None
+    from sandbox.profiles import cache
+
+    cwd = os.getcwd()
+    hit = cache.get(text, cwd)
+    if hit is not None:
+        return hit
     from sandbox.profiles.load import profile_search
 
-    return profile_search(text)
+    search = profile_search(text, cwd)
+    if search is None:
+        return None
+    profile = search.load(text)
+    cache.put(text, cwd, profile)
+    return profile
 
 
 def start_created(opts: dict[str, Any], command: tuple[str, ...] | list[str],
