@@ -51,6 +51,15 @@ def export(output: str | None, container: str) -> None:
 
     try:
         enter.call(store, ctr, produce, volumes=False)
+    except enter.Failure as err:
+        if err.kind == "BrokenPipeError":
+            # The reader went away (`sbx export C | head`): end as cat(1) does on
+            # SIGPIPE, quietly, with 128+13.
+            sys.exit(141)
+        if output is not None and output != "-":
+            with contextlib.suppress(OSError):
+                os.unlink(output)
+        raise
     except BaseException:
         if output is not None and output != "-":
             with contextlib.suppress(OSError):

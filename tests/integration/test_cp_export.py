@@ -309,3 +309,18 @@ def test_cp_on_every_storage_driver(life: Life, test_user: User) -> None:
         assert "tester$" in (work / driver).read_text()
         life.wait_for(lambda: processes_with(test_user, str(life.root)) == [], timeout=10,
                       what=f"no sbx-fs left by cp ({driver})")
+
+
+
+def test_export_into_a_closed_pipe_ends_quietly(life: Life) -> None:
+    """`sbx export C | head -c 1`: the reader goes away early; sbx ends as cat(1)
+    does on SIGPIPE (141), without an error message."""
+    life.run("create", "--name", "x", life.image, "true")
+    reader_r, writer = os.pipe()
+    p = life.sbx.popen("export", "x", cwd=life.root, env=life.env, stdout=writer,
+                       stderr=subprocess.PIPE)
+    os.close(writer)
+    assert os.read(reader_r, 1)
+    os.close(reader_r)  # the reader is gone
+    _out, err = p.communicate(timeout=60)
+    assert (p.returncode, err) == (141, b"")
