@@ -82,9 +82,12 @@ class MetaWriter:
         want_kind = stat.S_IFMT(mode) or kind
         if (self.upper.override is None and want_kind == kind
                 and self._chown(dirfd, name, uid, gid, real)):
-            if kind != stat.S_IFLNK and stat.S_IMODE(mode) != stat.S_IMODE(
-                    os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
-                os.chmod(name, stat.S_IMODE(mode), dir_fd=dirfd)
+            if kind != stat.S_IFLNK:
+                now = real.st_mode if (uid, gid) == (real.st_uid, real.st_gid) else \
+                    os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode  # chown
+                    # may have cleared setuid bits
+                if stat.S_IMODE(mode) != stat.S_IMODE(now):
+                    os.chmod(name, stat.S_IMODE(mode), dir_fd=dirfd)
             return
         if kind == stat.S_IFLNK:
             return  # a symlink cannot carry a user.* xattr: its owner stays as it is

@@ -1062,9 +1062,7 @@ FUSE_OVERLAYFS: tuple[Known, ...] = (
 # Known differences of sbx-fs itself, each an open bug of fs/ (issue 4), excluded so
 # that the rest keeps being checked. Remove an entry when its bug is fixed: its
 # regression case in tests/regressions/fs then guards the fix.
-SBX_FS_KNOWN: tuple[Known, ...] = tuple(
-    k for k in FUSE_OVERLAYFS if k.key == "fo-truncate-mtime"
-)
+SBX_FS_KNOWN: tuple[Known, ...] = ()
 
 
 @dataclass
