@@ -10,9 +10,11 @@ a pipe (what libfuse's fuse_daemonize does), then drops its stdio: containers/st
 runs the mount program with its stderr on a pipe and waits for that pipe to close
 (exec.Cmd), so a daemon that kept it would hang podman. The parent exits 0 once the
 mount is in place, or prints the child's error and exits 1. Forking comes before
-pyfuse3 and trio start (no threads yet). SIGTERM, SIGINT and SIGHUP end the loop
-(pyfuse3.terminate); an unmount by fusermount3 -u or umount(8) ends it too; either way
-the mount is gone when the process exits (pyfuse3.close).
+pyfuse3 and trio start (no threads yet), and so does the fork of the reaper, the
+helper that deletes what removals moved into the work directory (reaper.py).
+SIGTERM, SIGINT and SIGHUP end the loop (pyfuse3.terminate); an unmount by
+fusermount3 -u or umount(8) ends it too; either way the mount is gone when the
+process exits (pyfuse3.close).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import contextlib
 import logging
 import os
 import resource
-import select
 import signal
 import sys
 from importlib import metadata
@@ -98,7 +99,7 @@ def open_overlay(opts: MountOptions) -> Overlay:
 
 
 class _Loop:
-    """pyfuse3's main loop, with one task and no trio wait per request.
+    """pyfuse3's main loop, with reads from /dev/fuse that block.
 
     pyfuse3 (internal.pxi, _session_loop) waits for each request with trio: a lock,
     then wait_readable on the FUSE fd (an epoll_ctl and an epoll_wait), then reads.
@@ -106,16 +107,14 @@ class _Loop:
     wait is pure overhead: measured on this host, an open or a release took 26 us a
     round trip with it and 11 us without. pyfuse3 looks its `_wait_fuse_readable` up
     in its module namespace at each call (Cython's module globals), so replacing it
-    with a coroutine that returns once the fd is readable makes the loop read it
-    directly, as libfuse's own single-threaded loop (fuse_session_loop) does.
-
-    The replacement waits with poll(2) on the FUSE fd and on a signal wakeup pipe
-    (signal.set_wakeup_fd): pyfuse3 reads /dev/fuse holding the GIL, and poll
-    releases it, so the reaper's thread (reaper.py) runs while the loop waits for
-    the kernel. A signal (SIGTERM, SIGINT, SIGHUP) sets `stopping` and wakes the
-    poll, which ends the loop; an unmount makes the fd readable and the read fail
-    with ENODEV, which libfuse turns into the end of the session. Where the FUSE fd
-    cannot be found, the loop reads blocking, and removals are not deferred.
+    with a coroutine that returns at once makes the loop read the fd directly,
+    blocking, as libfuse's own single-threaded loop (fuse_session_loop) does. The
+    replacement answers False once a signal has asked to stop, which ends the loop:
+    the read(2) it was blocked in returns EINTR (Python installs its handlers without
+    SA_RESTART), pyfuse3 goes round again and asks. A signal that lands between that
+    check and the read waits for the next request, as with libfuse's loop. An
+    unmount ends the read with ENODEV, which libfuse turns into the end of the
+    session.
 
     With `stock=True` (SBX_FS_STOCK_LOOP=1 in the environment), or a pyfuse3 without
     that function, pyfuse3's own loop runs, stopped with pyfuse3.terminate().
@@ -127,19 +126,6 @@ class _Loop:
         self.stopping = False
         self.stock = stock or not hasattr(pyfuse3, "_wait_fuse_readable")
         self._saved: dict[int, Any] = {}
-        self._poll: select.poll | None = None
-        self._wake: tuple[int, int] | None = None
-
-    def watch(self, fuse_fd: int) -> bool:
-        """Wait for requests with poll(2) on `fuse_fd` (True), from the next one on."""
-        if self.stock:
-            return False
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake = (r, w)
-        self._poll = select.poll()
-        self._poll.register(fuse_fd, select.POLLIN)
-        self._poll.register(r, select.POLLIN)
-        return True
 
     def catch_signals(self) -> None:
         """Before mounting: a signal from then on ends the loop, even one that comes
@@ -152,12 +138,6 @@ class _Loop:
         self._saved = {}
 
     async def _readable(self) -> bool:
-        if self._poll is not None and not self.stopping:
-            assert self._wake is not None
-            for fd, _ in self._poll.poll():  # EINTR: retried after the handlers (PEP 475)
-                if fd == self._wake[0]:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(fd, 512)
         return not self.stopping
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -182,35 +162,12 @@ class _Loop:
             return
         saved = pyfuse3._wait_fuse_readable  # type: ignore[attr-defined]
         pyfuse3._wait_fuse_readable = self._readable  # type: ignore[attr-defined]
-        # trio.run installed its own wakeup fd; ours is in place while the loop runs
-        # (trio needs none: no task of this loop waits on trio for a signal).
-        saved_wake = signal.set_wakeup_fd(self._wake[1], warn_on_full_buffer=False) \
-            if self._wake is not None else None
         try:
             # One task (max_tasks=1): with no other reader waiting, pyfuse3 would
             # start a second one, and that one would block the first.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
         finally:
-            if saved_wake is not None:
-                signal.set_wakeup_fd(saved_wake)
             pyfuse3._wait_fuse_readable = saved  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        if self._wake is not None:
-            for fd in self._wake:
-                os.close(fd)
-            self._wake = None
-        self._poll = None
-
-
-def _fuse_fds() -> set[int]:
-    """The descriptors of this process open on /dev/fuse."""
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
-                out.add(int(name))
-    return out
 
 
 def _detach_stdio(keep_stderr: bool) -> None:
@@ -225,7 +182,6 @@ def serve(fs: Overlay, opts: MountOptions, ready: int | None) -> int:
     ops = Operations(fs, timeout=opts.timeout, writeback=opts.writeback)
     loop = _Loop(stock=bool(os.environ.get("SBX_FS_STOCK_LOOP")))
     loop.catch_signals()
-    before = _fuse_fds()
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
     except RuntimeError as exc:
@@ -239,10 +195,8 @@ def serve(fs: Overlay, opts: MountOptions, ready: int | None) -> int:
         return 1
     if loop.stock:
         loop.restore_signals()  # trio's receiver takes over once the loop runs
-    # pyfuse3 keeps its session's fd to itself: the one /dev/fuse fd init opened.
-    new = _fuse_fds() - before
-    if len(new) == 1 and loop.watch(new.pop()) and fs.reaper is not None:
-        fs.reaper.start()
+    if fs.reaper is not None:
+        fs.reaper.start()  # a fork: before trio or anything else starts a thread
     if ready is not None:
         os.write(ready, b"mounted\n")
         os.close(ready)
@@ -258,7 +212,6 @@ def serve(fs: Overlay, opts: MountOptions, ready: int | None) -> int:
         loop.restore_signals()
         pyfuse3.close(unmount=True)
         fs.close()
-        loop.close()
     return code
 
 

@@ -15,9 +15,8 @@ turns a lookup into one fstatat(2) per layer. Lower layers are immutable (overla
 layer's are dropped by forget() whenever fs/ renames or removes a directory there.
 Descriptors are never closed in the middle of a request: eviction waits for trim(),
 which the FUSE layer calls between requests, and only for the layers that have
-something to close (`to_trim`). The last close of a removed directory frees its
-blocks, which can block for a while, so an upper layer hands its descriptors to the
-reaper (`closer`, reaper.py). Imports nothing from `sandbox`.
+something to close (`to_trim`). The one exception is drop(), for a directory about
+to be removed. Imports nothing from `sandbox`.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 from collections import OrderedDict
-from collections.abc import Callable
 
 from fs import mapping, whiteout
 
@@ -37,8 +35,8 @@ DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class Layer:
     """A layer root and a cache of directory descriptors under it."""
 
-    __slots__ = ("_closing", "_dirs", "_marks", "cache_size", "closer", "dev", "index",
-                 "override", "path", "root_fd", "to_trim", "upper")
+    __slots__ = ("_closing", "_dirs", "_marks", "cache_size", "dev", "index", "override",
+                 "path", "root_fd", "to_trim", "upper")
 
     def __init__(self, index: int, path: str, *, upper: bool, cache_size: int = 256) -> None:
         self.index = index
@@ -54,7 +52,6 @@ class Layer:
             raise
         self._dirs: OrderedDict[Path, int] = OrderedDict()
         self._closing: list[int] = []
-        self.closer: Callable[[int], None] = os.close
         # The set of layers with something for trim() to do, shared by a union's
         # layers so that the end of a request costs nothing when there is none.
         self.to_trim: set[Layer] | None = None
@@ -146,14 +143,23 @@ class Layer:
         else:
             self._marks.pop(prefix, None)
 
+    def drop(self, path: Path) -> None:
+        """Forget the directory at `path` (nothing below it cached) and close its
+        descriptor now: it is about to be removed, and the last close of a removed
+        directory frees its blocks, which should happen in the reaper (reaper.py),
+        not here after it."""
+        fd = self._dirs.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+        self._marks.pop(path, None)
+
     def trim(self) -> None:
         """Close what forget() dropped and what the LRU bound evicts."""
         while len(self._dirs) > self.cache_size:
             _, fd = self._dirs.popitem(last=False)
             self._closing.append(fd)
-        closer = self.closer
         for fd in self._closing:
-            closer(fd)
+            os.close(fd)
         self._closing.clear()
 
     def close(self) -> None:

@@ -46,7 +46,7 @@ def handler(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self = args[0]
+        fs = args[0].fs  # type: ignore[attr-defined]
         try:
             return fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -57,7 +57,8 @@ def handler(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            self.fs.end_request()  # type: ignore[attr-defined]
+            if fs.to_trim:  # descriptors to close: rarely (layer.py)
+                fs.end_request()
 
     return wrapper
 
@@ -274,7 +275,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        return self.fs.getxattr(inode, name)
+        value = self.fs.getxattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)  # the common answer: no OSError made
+        return value
 
     @handler
     def listxattr(self, inode: int, ctx: Any) -> list[bytes]:

@@ -197,9 +197,10 @@ class Overlay:
         self.workfd = -1
         self.reaper: Reaper | None = None
         # (parent inode, name) of entries whose times the kernel holds stale: for
-        # the FUSE layer to expire (ops.py); taken with take_stale_times().
+        # the FUSE layer to expire and clear (ops.py, setattr).
         self.stale_times: list[tuple[int, bytes]] = []
-        self._to_trim: set[Layer] = set()
+        # The layers with directory descriptors to close at the end of a request.
+        self.to_trim: set[Layer] = set()
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         # The last listings made (readdir), by inode number: (the inode, its version
@@ -214,14 +215,13 @@ class Overlay:
                 self.layers.append(Layer(len(self.layers), path, upper=False,
                                          cache_size=per_layer))
             for layer in self.layers:
-                layer.to_trim = self._to_trim
+                layer.to_trim = self.to_trim
             self.upper: Layer | None = self.layers[0] if upper is not None else None
             self.whiteouts = WhiteoutWriter(False)
             if self.upper is not None:
                 assert work is not None
                 self._open_work(work)
                 self.reaper = Reaper(self.workfd)
-                self.upper.closer = self.reaper.put
                 self.whiteouts.chardev = whiteout.can_mknod_whiteout(
                     self.workfd, b"#sbx-fs-probe-%d" % os.getpid())
                 if xattr_permissions:
@@ -326,10 +326,10 @@ class Overlay:
 
     def end_request(self) -> None:
         """Between requests: close the directory descriptors the caches let go."""
-        if self._to_trim:
-            for layer in self._to_trim:
+        if self.to_trim:
+            for layer in self.to_trim:
                 layer.trim()
-            self._to_trim.clear()
+            self.to_trim.clear()
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -877,6 +877,9 @@ class Overlay:
             os.close(fd)
             raise
         inode = self.table.get(attr.ino)
+        # Its xattr names, from the descriptor at hand (getxattr asks for them at the
+        # first write: see there); none but what a default ACL or an LSM adds.
+        inode.xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
         return self._add_file(fd, inode, True, uid != 0), attr
 
     def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
@@ -1017,7 +1020,7 @@ class Overlay:
         if found.layer == UPPER:
             # Empty through the mount: only whiteouts and opaque markers are left in
             # it, and nothing below it is cached (its subdirectories went first).
-            upper.forget(path, subtree=False)
+            upper.drop(path)
             try:
                 need_wh = not self._take_out(udfd, name, need_wh) and need_wh
             except PermissionError:
@@ -1196,10 +1199,17 @@ class Overlay:
                 # libfuse's default FUSE_CAP_HANDLE_KILLPRIV leaves it to us
             if change.mode is not None:
                 mode = stat.S_IFMT(mode) | stat.S_IMODE(change.mode)
-            self.writer.set(dfd, target, suid, sgid, mode, meta.rdev, real=real)
+            written = self.writer.set(dfd, target, suid, sgid, mode, meta.rdev, real=real)
         elif change.mode is not None:
             mode = stat.S_IFMT(mode) | stat.S_IMODE(change.mode)
-            self.writer.set(dfd, target, -1, -1, mode, meta.rdev, real=real)
+            written = self.writer.set(dfd, target, -1, -1, mode, meta.rdev, real=real)
+        else:
+            written = False
+        if not written and change.size is None and change.atime_ns is None \
+                and change.mtime_ns is None:
+            # The owner and mode it had (tar's fchown to the owner it made the file
+            # with): nothing changed, not even ctime.
+            return self._make_attr(inode, real, self.upper, None)
         if change.size is not None:
             if stat.S_ISDIR(real.st_mode):
                 raise _err(errno.EISDIR)
@@ -1282,11 +1292,12 @@ class Overlay:
         if not self.xattrs:
             raise _err(errno.ENOSYS)  # noxattrs=1: the kernel then answers EOPNOTSUPP
 
-    def getxattr(self, ino: int, name: bytes) -> bytes:
+    def getxattr(self, ino: int, name: bytes) -> bytes | None:
+        """The value of the xattr NAME; None where there is none (ENODATA)."""
         self._check_xattrs()
         real = stored_xattr(name)
         if real is None:
-            raise _err(errno.ENODATA)
+            return None
         inode = self.table.get(ino)
         if not inode.is_dir and inode.links:
             # The kernel asks for security.capability before every write(2) and
@@ -1302,8 +1313,13 @@ class Overlay:
                 names = inode.xattrs = frozenset(
                     os.fsencode(n) for n in os.listxattr(target, follow_symlinks=False))
             if real not in names:
-                raise _err(errno.ENODATA)
-        return _getxattr(self._xattr_target(inode), real)
+                return None
+        try:
+            return _getxattr(self._xattr_target(inode), real)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                return None
+            raise
 
     def listxattr(self, ino: int) -> list[bytes]:
         self._check_xattrs()
