@@ -10,9 +10,11 @@ a pipe (what libfuse's fuse_daemonize does), then drops its stdio: containers/st
 runs the mount program with its stderr on a pipe and waits for that pipe to close
 (exec.Cmd), so a daemon that kept it would hang podman. The parent exits 0 once the
 mount is in place, or prints the child's error and exits 1. Forking comes before
-pyfuse3 and trio start (no threads yet). SIGTERM, SIGINT and SIGHUP end the loop
-(pyfuse3.terminate); an unmount by fusermount3 -u or umount(8) ends it too; either way
-the mount is gone when the process exits (pyfuse3.close).
+pyfuse3 and trio start (no threads yet), and so does the fork of the reaper, the
+helper that deletes what removals moved into the work directory (reaper.py).
+SIGTERM, SIGINT and SIGHUP end the loop (pyfuse3.terminate); an unmount by
+fusermount3 -u or umount(8) ends it too; either way the mount is gone when the
+process exits (pyfuse3.close).
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ def serve(fs: Overlay, opts: MountOptions, ready: int | None) -> int:
         return 1
     if loop.stock:
         loop.restore_signals()  # trio's receiver takes over once the loop runs
+    if fs.reaper is not None:
+        fs.reaper.start()  # a fork: before trio or anything else starts a thread
     if ready is not None:
         os.write(ready, b"mounted\n")
         os.close(ready)

@@ -68,9 +68,10 @@ class MetaWriter:
         self.upper.override = name
 
     def set(self, dirfd: int, name: bytes, uid: int, gid: int, mode: int, rdev: int = 0,
-            *, real: os.stat_result | None = None) -> None:
+            *, real: os.stat_result | None = None) -> bool:
         """Give the upper entry NAME in `dirfd` the owner uid:gid and the mode `mode`
-        (type bits included); -1 leaves the owner, group or mode as it is."""
+        (type bits included); -1 leaves the owner, group or mode as it is. Whether
+        anything was written (False: it had them already)."""
         if real is None:
             real = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         kind = stat.S_IFMT(real.st_mode)
@@ -80,14 +81,19 @@ class MetaWriter:
         if mode < 0:
             mode = cur.mode
         want_kind = stat.S_IFMT(mode) or kind
+        same_owner = (uid, gid) == (real.st_uid, real.st_gid)
         if (self.upper.override is None and want_kind == kind
                 and self._chown(dirfd, name, uid, gid, real)):
-            if kind != stat.S_IFLNK and stat.S_IMODE(mode) != stat.S_IMODE(
-                    os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
-                os.chmod(name, stat.S_IMODE(mode), dir_fd=dirfd)
-            return
+            if kind != stat.S_IFLNK:
+                now = real.st_mode if same_owner else \
+                    os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode  # chown
+                    # may have cleared setuid bits
+                if stat.S_IMODE(mode) != stat.S_IMODE(now):
+                    os.chmod(name, stat.S_IMODE(mode), dir_fd=dirfd)
+                    return True
+            return not same_owner
         if kind == stat.S_IFLNK:
-            return  # a symlink cannot carry a user.* xattr: its owner stays as it is
+            return False  # a symlink cannot carry a user.* xattr: its owner stays
         self.enable_override()
         assert self.upper.override is not None
         value = mapping.format_override(uid, gid, want_kind | stat.S_IMODE(mode), rdev)
@@ -97,6 +103,7 @@ class MetaWriter:
         real_mode = (stat.S_IMODE(mode) & 0o777) | own
         if stat.S_IMODE(real.st_mode) != real_mode:
             os.chmod(name, real_mode, dir_fd=dirfd)
+        return True
 
     def _chown(self, dirfd: int, name: bytes, uid: int, gid: int,
                real: os.stat_result) -> bool:

@@ -14,7 +14,9 @@ turns a lookup into one fstatat(2) per layer. Lower layers are immutable (overla
 "Changes to underlying filesystems"), so their entries never go stale; the upper
 layer's are dropped by forget() whenever fs/ renames or removes a directory there.
 Descriptors are never closed in the middle of a request: eviction waits for trim(),
-which the FUSE layer calls between requests. Imports nothing from `sandbox`.
+which the FUSE layer calls between requests, and only for the layers that have
+something to close (`to_trim`). The one exception is drop(), for a directory about
+to be removed. Imports nothing from `sandbox`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Layer:
     """A layer root and a cache of directory descriptors under it."""
 
     __slots__ = ("_closing", "_dirs", "_marks", "cache_size", "dev", "index", "override",
-                 "path", "root_fd", "upper")
+                 "path", "root_fd", "to_trim", "upper")
 
     def __init__(self, index: int, path: str, *, upper: bool, cache_size: int = 256) -> None:
         self.index = index
@@ -50,7 +52,10 @@ class Layer:
             raise
         self._dirs: OrderedDict[Path, int] = OrderedDict()
         self._closing: list[int] = []
-        # whiteout.dir_marks of lower directories: immutable, so cached for good.
+        # The set of layers with something for trim() to do, shared by a union's
+        # layers so that the end of a request costs nothing when there is none.
+        self.to_trim: set[Layer] | None = None
+        # whiteout.dir_marks of directories (marks()), dropped by forget().
         self._marks: dict[Path, whiteout.DirMarks] = {}
 
     def __repr__(self) -> str:
@@ -93,6 +98,8 @@ class Layer:
                 raise
             self._dirs[path[: j + 1]] = fd
             base = fd
+        if self.to_trim is not None and len(self._dirs) > self.cache_size:
+            self.to_trim.add(self)
         return base
 
     def lstat(self, parent: Path, name: bytes) -> os.stat_result:
@@ -102,30 +109,49 @@ class Layer:
         return os.stat(self.dir_fd(path))
 
     def marks(self, path: Path) -> whiteout.DirMarks:
-        """whiteout.dir_marks of the directory at `path`, cached in a lower layer."""
-        if self.upper:
-            return whiteout.dir_marks(self.dir_fd(path))
+        """whiteout.dir_marks of the directory at `path`, cached: a lower layer never
+        changes, and the upper one only through fs/, which calls forget() for a
+        directory it makes opaque, moves or removes."""
         marks = self._marks.get(path)
         if marks is None:
             marks = whiteout.dir_marks(self.dir_fd(path))
-            if not marks.opaque and path and whiteout.has_wh_file(self.dir_fd(path[:-1]),
-                                                                  path[-1]):
+            if not self.upper and not marks.opaque and path and whiteout.has_wh_file(
+                    self.dir_fd(path[:-1]), path[-1]):
                 # `.wh.X` beside a directory X of the same layer: a tar that deleted X
                 # and made it anew; X replaces the lower ones, as if opaque.
                 marks = whiteout.DirMarks(True, marks.xwhiteouts)
             self._marks[path] = marks
         return marks
 
-    def forget(self, prefix: Path) -> None:
+    def forget(self, prefix: Path, *, subtree: bool = True) -> None:
         """Drop the cached descriptors at and below `prefix` (a directory there was
-        renamed or removed). They are closed at the next trim()."""
+        renamed or removed); `subtree=False` where nothing below can be cached (an
+        empty directory removed: its subdirectories went first, each forgotten). They
+        are closed at the next trim()."""
         n = len(prefix)
-        stale = [p for p in self._dirs if p[:n] == prefix]
+        if subtree:
+            stale = [p for p in self._dirs if p[:n] == prefix]
+        else:
+            stale = [prefix] if prefix in self._dirs else []
         for p in stale:
             self._closing.append(self._dirs.pop(p))
-        if not self.upper:
+        if stale and self.to_trim is not None:
+            self.to_trim.add(self)
+        if subtree:
             for p in [p for p in self._marks if p[:n] == prefix]:
                 del self._marks[p]
+        else:
+            self._marks.pop(prefix, None)
+
+    def drop(self, path: Path) -> None:
+        """Forget the directory at `path` (nothing below it cached) and close its
+        descriptor now: it is about to be removed, and the last close of a removed
+        directory frees its blocks, which should happen in the reaper (reaper.py),
+        not here after it."""
+        fd = self._dirs.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+        self._marks.pop(path, None)
 
     def trim(self) -> None:
         """Close what forget() dropped and what the LRU bound evicts."""

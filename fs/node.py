@@ -51,7 +51,7 @@ class Inode:
     """
 
     __slots__ = ("children", "dir_layers", "ino", "is_dir", "key", "layer", "links",
-                 "lookups", "opened", "pinned", "version", "xwh")
+                 "lookups", "opened", "pinned", "version", "xattrs", "xwh")
 
     def __init__(self, ino: int, key: Key, is_dir: bool, layer: int) -> None:
         self.ino = ino
@@ -66,6 +66,9 @@ class Inode:
         self.opened = 0  # open file and directory handles
         self.pinned = False
         self.version = 0  # of a directory's entries: bumped by every change to them
+        # The xattr names of a non-directory's real file, as stored, once listed
+        # (overlay.getxattr); None when not known.
+        self.xattrs: frozenset[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"Inode({self.ino}, {self.path()!r}, dir={self.is_dir}, layer={self.layer})"

@@ -23,6 +23,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,6 +33,9 @@ import pyfuse3
 from fs.overlay import Attr, Overlay, SetAttr
 
 log = logging.getLogger(__name__)
+
+EXPIRE_WAIT = 0.2  # seconds a reply waits for an entry invalidation (_expire)
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,7 +46,7 @@ def handler(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self = args[0]
+        fs = args[0].fs  # type: ignore[attr-defined]
         try:
             return fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -52,7 +57,8 @@ def handler(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            self.fs.end_request()  # type: ignore[attr-defined]
+            if fs.to_trim:  # descriptors to close: rarely (layer.py)
+                fs.end_request()
 
     return wrapper
 
@@ -127,7 +133,41 @@ class Operations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
-        return self._entry(self.fs.setattr(inode, change, fh, ctx.uid))
+        entry = self._entry(self.fs.setattr(inode, change, fh, ctx.uid))
+        if self.fs.stale_times:
+            stale, self.fs.stale_times = self.fs.stale_times, []
+            self._expire(stale)
+        return entry
+
+    def _expire(self, entries: list[tuple[int, bytes]]) -> None:
+        """Make the kernel drop its dentries for `entries` (parent inode, name), so
+        that an inode nobody holds is evicted and its next lookup reads the times of
+        the upper file (overlay.py, setattr: the writeback cache keeps a regular
+        file's mtime and ctime in the kernel, and FUSE has no notification that
+        updates them). pyfuse3.invalidate_entry must not run in the thread that
+        answers requests (its docs: it may wait for one), so a thread sends it while
+        the reply waits, at most EXPIRE_WAIT seconds: long enough for the caller's
+        next stat to see the new times, and no deadlock where a request queued
+        behind this one holds the directory's lock."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                for parent, name in entries:
+                    try:
+                        pyfuse3.invalidate_entry(pyfuse3.InodeT(parent), name)
+                    except OSError as exc:  # ENOENT: the kernel had no such entry
+                        log.debug("invalidate_entry %r: %s", name, exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=run, name="sbx-fs-expire", daemon=True)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # they go to the loop
+        try:
+            thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        done.wait(EXPIRE_WAIT)
 
     @handler
     def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -235,7 +275,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        return self.fs.getxattr(inode, name)
+        value = self.fs.getxattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)  # the common answer: no OSError made
+        return value
 
     @handler
     def listxattr(self, inode: int, ctx: Any) -> list[bytes]:

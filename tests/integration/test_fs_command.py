@@ -67,7 +67,7 @@ def test_daemonizes_and_returns_once_mounted(test_user: User, workdir: Path) -> 
         "subprocess.run(['umount', m], check=True); (mounted(m), gone(m))",
     ])
     assert r[0] == [[0, ""], True, "fuse.sbx-fs", "two"]
-    assert r[1] == 1
+    assert r[1] == 2  # the server and its reaper (fs/reaper.py); both gone at unmount
     assert r[2] == [0, "", ""]
     assert r[3] is True
     assert r[4] == [False, True]

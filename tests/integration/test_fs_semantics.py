@@ -404,6 +404,77 @@ def test_files(fs_run: Runner) -> None:
     assert r[8] is None
 
 
+# Each op sets a file's mtime to 1e9, changes the file, and says whether its mtime
+# moved: truncate(2) and ftruncate(2) set mtime and ctime even to the size the file
+# has (ext4_setattr, under overlayfs), and so does O_TRUNC of an empty file.
+OLD = "os.utime(m + '/{f}', (1e9, 1e9)); "
+MOVED = "; os.stat(m + '/{f}').st_mtime != 1e9"
+TIME_OPS = [
+    OLD.format(f="a") + "os.truncate(m + '/a', 3)" + MOVED.format(f="a"),  # copy-up
+    OLD.format(f="a") + "os.truncate(m + '/a', 3)" + MOVED.format(f="a"),  # upper
+    OLD.format(f="a") + "fd = os.open(m + '/a', os.O_RDWR); os.ftruncate(fd, 3); os.close(fd)"
+    + MOVED.format(f="a"),
+    OLD.format(f="b") + "os.truncate(m + '/b', 0)" + MOVED.format(f="b"),
+    OLD.format(f="b") + "os.truncate(m + '/b', 0)" + MOVED.format(f="b"),
+    OLD.format(f="b") + "os.close(os.open(m + '/b', os.O_WRONLY | os.O_TRUNC))"
+    + MOVED.format(f="b"),
+    OLD.format(f="a") + "os.truncate(m + '/a', 1)" + MOVED.format(f="a"),
+    OLD.format(f="a") + "write(m + '/a', 'x', 'a')" + MOVED.format(f="a"),
+    # read back after a remount: what the upper layer holds
+    OLD.format(f="a") + "os.truncate(m + '/a', 2); umount(); remount(); "
+    "os.stat(m + '/a').st_mtime != 1e9",
+]
+
+
+def test_truncate_sets_the_times_as_the_kernel_does(fs_run: Runner) -> None:
+    """truncate(2) to the size a file has: the kernel's overlayfs (ext4 below) moves
+    mtime and ctime. With the kernel's writeback cache a FUSE client keeps mtime
+    itself and would not (fuse_do_setattr adds ATTR_MTIME only when the size
+    changes), so sbx-fs runs without it (docs/fs.md, "Speed")."""
+    sbx = fs_run(["mount(); remount = mount", *TIME_OPS, "umount()"], TWO)
+    kernel = fs_run(["kmount(); remount = kmount", *TIME_OPS, "umount()"], TWO)
+    assert kernel[1:-1] == [True] * len(TIME_OPS)
+    assert sbx[1:-1] == kernel[1:-1]
+
+
+FALLOCATE = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True);"
+             " libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long,"
+             " ctypes.c_long]; ")
+POSIX_FALLOCATE_OPS = [
+    # past the end of a lower file: copied up, grown, the data kept, zeros after
+    "fd = os.open(m + '/a', os.O_RDWR); os.posix_fallocate(fd, 1, 10000); os.close(fd);"
+    " v = read(m + '/a'); (len(v), v[:3], v[3:] == chr(0) * (len(v) - 3), kind(u + '/a'))",
+    # a new file, 3 MiB: every block there once it is closed (the writes of glibc's
+    # fallback sit in the page cache until then)
+    "fd = os.open(m + '/n', os.O_CREAT | os.O_RDWR, 0o644); os.posix_fallocate(fd, 0, 3 << 20);"
+    " size = os.fstat(fd).st_size; os.close(fd); (size, os.stat(u + '/n').st_blocks * 512"
+    " >= 3 << 20)",
+    # inside a file: nothing changes
+    "fd = os.open(m + '/b', os.O_RDWR); os.posix_fallocate(fd, 0, 1); os.close(fd);"
+    " (read(m + '/b'), os.stat(m + '/b').st_size)",
+    "umount(); remount(); (os.stat(m + '/a').st_size, os.stat(m + '/n').st_size)",
+]
+
+
+def test_fallocate(fs_run: Runner) -> None:
+    """fallocate(2) is EOPNOTSUPP: pyfuse3 (3.5.0, the newest) registers no fallocate
+    handler, so the kernel never sends one (docs/fs.md, "Not supported").
+    posix_fallocate(3) works, as on the kernel's overlayfs: glibc falls back to
+    writing a byte in every block that is not there yet (it reads first, so the
+    descriptor must be open for reading too)."""
+    r = fs_run(["mount()",
+                FALLOCATE + "fd = os.open(m + '/f', os.O_CREAT | os.O_RDWR, 0o644);"
+                " v = libc.fallocate(fd, 0, 0, 4096); e = ctypes.get_errno(); os.close(fd);"
+                " (v, e == errno.EOPNOTSUPP, os.stat(m + '/f').st_size)",
+                "umount()"], TWO)
+    assert r[1] == [-1, True, 0]
+    sbx = fs_run(["mount(); remount = mount", *POSIX_FALLOCATE_OPS, "umount()"], TWO)
+    kernel = fs_run(["kmount(); remount = kmount", *POSIX_FALLOCATE_OPS, "umount()"], TWO)
+    assert kernel[1:-1] == [[10001, "l1a", True, "file"], [3 << 20, True], ["b", 1],
+                            [10001, 3 << 20]]
+    assert sbx[1:-1] == kernel[1:-1]
+
+
 def test_mmap(fs_run: Runner) -> None:
     """Shared writable mappings reach the upper layer (direct_io is never set, the
     kernel's page cache and writeback serve them)."""
@@ -419,6 +490,53 @@ def test_mmap(fs_run: Runner) -> None:
     assert r[1] == "B"
     assert r[3] == "hello"
     assert r[4] == ["l1a", "missing"]
+
+
+SHARED_OPS = [
+    # O_APPEND from two descriptors, taking turns: every write lands at the end
+    "f1 = os.open(m + '/a', os.O_WRONLY | os.O_APPEND); f2 = os.open(m + '/a', os.O_RDWR"
+    " | os.O_APPEND); [os.write(f, b) for f, b in ((f1, b'1'), (f2, b'22'), (f1, b'333'))];"
+    " os.lseek(f2, 0, 0); v = os.read(f2, 100); os.close(f1); os.close(f2); v",
+    # a new file in O_APPEND mode, and pwrite on it (Linux appends, whatever the offset)
+    "fd = os.open(m + '/new', os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644);"
+    " os.write(fd, b'ab'); os.pwrite(fd, b'cd', 0); os.close(fd); read(m + '/new')",
+    # a shared writable mapping and read(2) of another descriptor see the same pages;
+    # msync puts them in the upper layer while the file is still mapped
+    "import mmap; fd = os.open(m + '/b', os.O_RDWR); mm = mmap.mmap(fd, 0);"
+    " mm[0:1] = b'M'; r = os.open(m + '/b', os.O_RDONLY); v = os.read(r, 10);"
+    " os.close(r); mm.flush(); w = read(u + '/b'); mm.close(); os.close(fd); (v, w)",
+    # growing a mapped file with ftruncate, then writing past the old end through it
+    "fd = os.open(m + '/g', os.O_CREAT | os.O_RDWR, 0o644); os.ftruncate(fd, 4096);"
+    " mm = mmap.mmap(fd, 4096); mm[4090:4096] = b'tail!!'; mm.close(); os.close(fd);"
+    " (os.stat(m + '/g').st_size, read(m + '/g')[4090:])",
+]
+
+
+def test_append_and_shared_mappings_as_the_kernel(fs_run: Runner) -> None:
+    """O_APPEND (the writeback cache computes the offsets: the upper file is opened
+    without it) and MAP_SHARED coherence, against the kernel's overlayfs."""
+    sbx = fs_run(["mount()", *SHARED_OPS, "umount()"], TWO)
+    kernel = fs_run(["kmount()", *SHARED_OPS, "umount()"], TWO)
+    assert kernel[1:-1] == ["l1a122333", "abcd", ["M", "M"], [4096, "tail!!"]]
+    assert sbx[1:-1] == kernel[1:-1]
+
+
+def test_hard_links_share_metadata_after_copy_up(fs_run: Runner) -> None:
+    """A chmod of one name of a lower hard link copies the file up, and the other
+    names show the change (one inode, as index=on would keep it; the kernel without
+    index breaks the link, see docs/fs.md)."""
+    layers = {"l1": [{"path": "h1", "data": "x"}, {"path": "d/h2", "type": "hardlink",
+                                                   "target": "h1"}]}
+    r = fs_run(["mount()",
+                "os.chmod(m + '/h1', 0o600); (oct(os.stat(m + '/d/h2').st_mode & 0o777),"
+                " os.stat(m + '/h1').st_ino == os.stat(m + '/d/h2').st_ino,"
+                " os.stat(m + '/d/h2').st_nlink)",
+                "os.setxattr(m + '/d/h2', 'user.k', b'v'); xattrs(m + '/h1')",
+                "os.unlink(m + '/h1'); (os.stat(m + '/d/h2').st_nlink, read(m + '/d/h2'))",
+                "umount()"], layers)
+    assert r[1] == ["0o600", True, 2]
+    assert r[2] == {"user.k": "v"}
+    assert r[3] == [1, "x"]
 
 
 def test_xattrs(fs_run: Runner) -> None:
