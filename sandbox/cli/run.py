@@ -28,7 +28,7 @@ import click
 
 from sandbox.cli import handle_errors, warn
 from sandbox.cli.options import parse_labels, read_env_file, tls_verify_option
-from sandbox.errors import UsageError
+from sandbox.errors import SbxError, UsageError
 
 CREATE_OPTIONS: list[Callable[..., Any]] = [
     click.option("--rootfs", "rootfs", metavar="DIR",
@@ -335,7 +335,38 @@ def run(detach: bool, locked: bool, command: tuple[str, ...], **opts: Any) -> No
         return
     if locked:
         raise UsageError("--locked is for profiles", hint="sbx run --locked PROFILE")
-    start_created(opts, command, detach)
+    try:
+        start_created(opts, command, detach)
+    except SbxError as err:
+        # A bare name that is no profile was taken for an image; if the image
+        # can't be found either, a mistyped profile name is the likelier story.
+        if command and _bare(command[0]) and type(err).__module__.startswith(
+                ("sandbox.registry", "sandbox.images")):
+            hint = _profile_hint(command[0])
+            if hint:
+                err.hint = f"{err.hint}; {hint}" if err.hint else hint
+        raise
+
+
+def _bare(text: str) -> bool:
+    return not text.endswith(".toml") and not any(c in text for c in ":/@")
+
+
+def _profile_hint(name: str) -> str | None:
+    """"no profile NAME here either (did you mean X?)" when profiles look alike."""
+    import difflib
+
+    from sandbox.profiles.load import Search
+
+    try:
+        names = sorted({entry.name for entry in Search().all() if entry.found})
+    except SbxError:
+        return None
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not close:
+        return None
+    return (f"{name!r} is not a profile here either; did you mean "
+            + " or ".join(repr(c) for c in close) + "?")
 
 
 def _profile(text: str) -> Any:
@@ -344,7 +375,7 @@ def _profile(text: str) -> Any:
     image reference with a registry, a tag or a digest never does (the run fast
     path). A profile loaded before, whose files are unchanged, comes from the
     profile cache (profiles/cache.py) without reading any TOML."""
-    if not text.endswith(".toml") and any(c in text for c in ":/@"):
+    if not _bare(text) and not text.endswith(".toml"):
         return None
     from sandbox.profiles import cache
 

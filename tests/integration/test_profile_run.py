@@ -274,3 +274,13 @@ def test_named_volumes_persist_across_runs(proj: Project) -> None:
     [vol] = json.loads(proj.sbx("volume", "inspect", "pkg-cache").stdout)
     assert vol["Name"] == "pkg-cache"
     assert proj.containers() == []  # the runs are gone, the volume stays
+
+
+def test_a_mistyped_profile_name_gets_a_did_you_mean(proj: Project) -> None:
+    """A bare name that is no profile is an image reference (docs/profiles.md);
+    when no such image exists either, the error says which profile was meant."""
+    proj.write("sbx.toml", dev_profile(proj.life.image))
+    p = proj.sbx("run", "--pull", "never", "devv", "--", "true", check=False)
+    assert p.returncode == 125
+    assert "'devv' is not a profile here either; did you mean 'dev'?" in p.stderr
+    assert proj.containers() == []
