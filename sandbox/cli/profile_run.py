@@ -194,7 +194,7 @@ class ProfileRun:
             env=tuple(ro["env"]), env_file=(), workdir=ro["workdir"], user="0:0",
             hostname=None, read_only=False, tmpfs=tuple(ro["tmpfs"]), cap_add=(),
             cap_drop=(), devices=(), interactive=False, tty=False, init=False, userns="",
-            network="host" if ro["network"] == "host" else ro["network"],
+            network=ro["network"],
             volume=tuple(self._volumes(ro)))
         created = create_container(opts, (image, "/bin/sh", "-c", SETUP_SCRIPT,
                                           "sbx-setup", *steps))
@@ -230,7 +230,7 @@ class ProfileRun:
     def _volumes(self, ro: dict[str, Any]) -> list[str]:
         return [*ro["volumes"], *(f"{n}:{p}" for n, p in ro["named_volumes"])]
 
-    def run_opts(self, ro: dict[str, Any], cli: dict[str, Any], image: str,
+    def run_opts(self, ro: dict[str, Any], cli: dict[str, Any],
                  ctx: click.Context | None, detach: bool) -> dict[str, Any]:
         """create_container's options: the profile's, then the command line's."""
         opts = dict(cli)
@@ -343,7 +343,7 @@ def run_profile(ref: str, command: Sequence[str], cli: dict[str, Any], *, detach
     for line in notes(ro):
         warn(line)
     image = resolve_image(pr, cli, locked)
-    opts = pr.run_opts(ro, cli, image, ctx, detach)
+    opts = pr.run_opts(ro, cli, ctx, detach)
     start_created(opts, (image, *ro["args"]), detach)
 
 

@@ -18,7 +18,6 @@ extraction can't make device nodes anyway.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from collections.abc import Callable, Mapping
@@ -108,13 +107,8 @@ def build(store: Store, image: Mapping[str, Any], key: str, unpacker: Unpacker,
         finally:
             if os.path.exists(out):
                 os.unlink(out)
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        digest = f"sha256:{h.hexdigest()}"
         size = os.path.getsize(tmp)
-        store.adopt(tmp, digest)
+        digest = store.adopt(tmp)  # hashed once, there
     created = _epoch_time(epoch)
     arch = media.host_platform().architecture
     doc = {

@@ -544,19 +544,20 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
 
-    def adopt(self, tmp: Path, expected_digest: str) -> str:
-        """Move a staged file into blobs/ as `expected_digest`, after hashing it
-        again here: a digest is checked by the store before it becomes a path,
-        whoever computed it first."""
-        algorithm, _hex = validate_digest(expected_digest)
+    def adopt(self, tmp: Path, expected_digest: str | None = None) -> str:
+        """Move a staged file into blobs/ under its digest, hashed here: a digest is
+        checked by the store before it becomes a path, whoever computed it first
+        (`expected_digest`, when given, must match). Returns the digest."""
+        algorithm = validate_digest(expected_digest)[0] if expected_digest else "sha256"
         h = hashlib.new(algorithm)
         with open(tmp, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
             os.fsync(f.fileno())
         actual = f"{algorithm}:{h.hexdigest()}"
-        if actual != expected_digest:
+        if expected_digest is not None and actual != expected_digest:
             raise DigestMismatch(expected_digest, actual)
+        expected_digest = actual
         final = self.blob_path(expected_digest)
         os.chmod(tmp, 0o444)
         os.rename(tmp, final)

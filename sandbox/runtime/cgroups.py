@@ -32,8 +32,12 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox.errors import SbxError
+
+if TYPE_CHECKING:
+    from sandbox.system.checks import CgroupInfo
 
 CPU_PERIOD_US = 100_000  # runc's and the kernel's default cfs period
 LEAF = "sbx-leaf"
@@ -99,20 +103,19 @@ def _write(path: Path, value: str) -> None:
                        hint="check the cgroup delegation: sbx info") from None
 
 
-def plan(limits: Limits, probe: Callable[[], object] | None = None) -> str:
+def plan(limits: Limits, probe: Callable[[], CgroupInfo] | None = None) -> str:
     """The delegated cgroup directory D to make the container's cgroup in; raises
     CgroupUnavailable (with the fix) when the controllers are not delegated."""
     from sandbox.system.checks import check_cgroups, probe_cgroups
 
     info = (probe or probe_cgroups)()
-    delegated = getattr(info, "delegated", ())
-    missing = [c for c in limits.controllers() if c not in delegated]
-    if missing or not getattr(info, "directory", None):
-        check = check_cgroups(info)  # type: ignore[arg-type]
+    missing = [c for c in limits.controllers() if c not in info.delegated]
+    if missing or not info.directory:
+        check = check_cgroups(info)
         raise CgroupUnavailable(
             f"can't apply {', '.join(missing) or 'the'} limits: {check.detail}",
             hint=check.fix or "run sbx in a delegated cgroup v2 scope")
-    return str(info.directory)  # type: ignore[attr-defined]
+    return info.directory
 
 
 def create(parent: str, container_id: str, limits: Limits) -> str:

@@ -124,21 +124,13 @@ def _process(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
              interactive: bool, detach: bool) -> NoReturn:
     """The exec'd process, in every namespace of the container."""
     os.setsid()
-    slave = -1
-    if spec.process.terminal:
-        import socket
-
-        from sandbox.runtime import terminal
-
-        master, slave = terminal.open_pty_in_container()
-        socket.send_fds(sock, [b"pty"], [master])  # type: ignore[arg-type]
-        os.close(master)
-    if sock.recv(16) != b"go":
-        os._exit(EXIT_SBX)  # sbx went away before we started
+    slave = process.hand_over_pty_and_wait(spec, sock)
     if not detach:
         # sbx is our parent now (the subreaper took us when the intermediate exited).
         sys.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if slave >= 0:
+        from sandbox.runtime import terminal  # imported by _intermediate already
+
         terminal.make_controlling(slave)
     elif detach:
         # `exec -d` (podman: the session's output goes nowhere when detached).

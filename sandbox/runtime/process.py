@@ -202,6 +202,25 @@ def _find_executable(name: str, env: dict[str, str]) -> str:
     raise ExecError(name, errno.EACCES if denied else errno.ENOENT)
 
 
+def hand_over_pty_and_wait(spec: Spec, sock: _socket.socket) -> int:
+    """The last step before exec, for a container's process and an exec'd one: with
+    a terminal, make the pty inside (in the container's devpts) and pass its master
+    to sbx; then wait for sbx's "go". Returns the pty's slave fd, or -1. The modules
+    it uses must have been imported before the root changed (the callers do)."""
+    slave = -1
+    if spec.process.terminal:
+        import socket
+
+        from sandbox.runtime import terminal
+
+        master, slave = terminal.open_pty_in_container()
+        socket.send_fds(sock, [b"pty"], [master])  # type: ignore[arg-type]
+        os.close(master)
+    if sock.recv(16) != b"go":
+        os._exit(EXIT_SBX)  # sbx went away before we started
+    return slave
+
+
 def _exec(spec: Spec, err_w: int) -> NoReturn:
     args = spec.process.args
     env = dict(e.split("=", 1) for e in spec.process.env if "=" in e)
@@ -241,17 +260,11 @@ def _container(spec: Spec, sock: _socket.socket, err_w: int, sys: sc.Syscalls,
     # it, the host's Python library is no longer visible.
     if spec.process.terminal:
         import array  # noqa: F401 - socket.send_fds imports it lazily
-        import socket
+        import socket  # noqa: F401 - hand_over_pty_and_wait sends the pty with it
 
         from sandbox.runtime import terminal
     rootfs.setup(spec, sys)
-    slave = -1
-    if spec.process.terminal:
-        master, slave = terminal.open_pty_in_container()
-        socket.send_fds(sock, [b"pty"], [master])  # type: ignore[arg-type]
-        os.close(master)
-    if sock.recv(16) != b"go":
-        os._exit(EXIT_SBX)  # sbx went away before we started
+    slave = hand_over_pty_and_wait(spec, sock)
     # "go" comes after sbx reaped the intermediate process, so sbx is our parent now
     # (it is a child subreaper): die with it from here on. Not earlier: the signal
     # would fire when the intermediate parent exits.

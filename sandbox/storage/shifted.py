@@ -131,6 +131,10 @@ def prune(keep: set[str], in_userns: Callable[[Callable[[], None]], None]) -> in
             for name in os.listdir(os.path.join(root, key)):
                 if name not in keep:
                     gone.append(os.path.join(root, key, name))
+    def remove_all() -> None:
+        for path in gone:
+            _remove(path)
+
     if gone:
-        in_userns(lambda: [_remove(p) for p in gone] and None)
+        in_userns(remove_all)
     return len(gone)
