@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine for sbx: packages, the venv at /opt/sbx/venv,
 # /usr/local/bin/sbx, /dev/fuse and the two test users. Idempotent: a rerun
-# on a prepared machine only reinstalls sbx itself from this checkout.
+# on a prepared machine only reinstalls sbx itself from this checkout (and
+# pyfuse3, when third_party/pyfuse3's patches changed: scripts/build-pyfuse3.sh).
 #
 # Why /opt/sbx/venv and Debian's /usr/bin/python3: the integration tests run sbx
 # as the unprivileged user sbxtest, who cannot read root's home (where CI may
@@ -28,7 +29,7 @@ SUB_RANGE=200000:65536
 
 PACKAGES=(
     uidmap bubblewrap busybox-static fuse3 libfuse3-dev pkg-config
-    python3-venv python3-dev gcc
+    python3-venv python3-dev gcc patch
     podman runc slirp4netns passt fuse-overlayfs catatonit
     hyperfine skopeo docker-registry openssl apache2-utils zstd
     mmdebstrap umoci gpg arch-test
@@ -79,6 +80,11 @@ if [[ ! -x $VENV/bin/python ]]; then
     # build isolation (which would fetch setuptools again on every run).
     quiet "$VENV/bin/pip" install --upgrade pip 'setuptools>=61' wheel
 fi
+
+# pyfuse3 built from its pinned sdist with the patches of third_party/pyfuse3 (the
+# fallocate handler fs/ uses), before sbx: pip then finds `pyfuse3>=3.4` satisfied
+# and keeps it. A no-op when the venv already has it (a stamp and an import check).
+bash "$ROOT/scripts/build-pyfuse3.sh" "$VENV" | sed 's/^/setup: /'
 
 # Build from a copy of the sources: an in-tree setuptools build would leave
 # build/ and *.egg-info in the checkout.

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build pyfuse3 from its pinned sdist with sbx's carried patches and install it into a
+# venv:   scripts/build-pyfuse3.sh VENV
+# The patches (third_party/pyfuse3/*.patch; README.md there says why) add the
+# fallocate(2) handler that pyfuse3 3.5.0 lacks, which fs/ uses when it is there.
+#
+# The sdist is fetched with VENV's pip (whatever index it is configured with), its
+# sha256 checked against the pin below, patched, and built with Cython (pinned too:
+# the handlers are compiled from the .pyx, so the C file that ships in the sdist is
+# removed first). Needs gcc, pkg-config, libfuse3-dev and patch (setup.sh installs
+# them) and a package index; not root.
+#
+# Idempotent: a stamp in VENV records the sdist, the patches and Cython it was built
+# from, and a rerun with the same ones whose pyfuse3 still has the handler does nothing.
+set -euo pipefail
+
+PYFUSE3_VERSION=3.5.0
+PYFUSE3_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+CYTHON_VERSION=3.3.1
+
+say() { printf 'pyfuse3: %s\n' "$*"; }
+
+VENV=${1:?usage: build-pyfuse3.sh VENV}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PATCHES=("$ROOT"/third_party/pyfuse3/*.patch)
+PIP=("$VENV/bin/pip" --disable-pip-version-check)
+
+# What the installed pyfuse3 must be built from, and a check that it is.
+want="pyfuse3 $PYFUSE3_VERSION sha256:$PYFUSE3_SHA256 cython $CYTHON_VERSION"
+for p in "${PATCHES[@]}"; do
+    want+=" $(basename "$p") sha256:$(sha256sum "$p" | cut -d' ' -f1)"
+done
+stamp=$VENV/.sbx-pyfuse3-stamp
+patched() {
+    "$VENV/bin/python" - "$PYFUSE3_VERSION" <<'EOF' 2>/dev/null
+import sys
+
+import pyfuse3
+
+# The Python default (Operations.fallocate) and the compiled handler that calls it.
+ok = (pyfuse3.__version__ == sys.argv[1] and hasattr(pyfuse3.Operations, "fallocate")
+      and hasattr(pyfuse3, "fuse_fallocate_async"))
+sys.exit(0 if ok else 1)
+EOF
+}
+if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && patched; then
+    say "$PYFUSE3_VERSION with ${#PATCHES[@]} patch(es) already in $VENV"
+    exit 0
+fi
+
+tmp=$(mktemp -d /tmp/sbx-pyfuse3.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+say "fetching the pyfuse3 $PYFUSE3_VERSION sdist"
+# --require-hashes: pip refuses any other file; the sha256sum below says it again in
+# plain sight.
+echo "pyfuse3==$PYFUSE3_VERSION --hash=sha256:$PYFUSE3_SHA256" >"$tmp/req.txt"
+"${PIP[@]}" download --quiet --no-deps --no-binary :all: --require-hashes \
+    -r "$tmp/req.txt" -d "$tmp/dl"
+sdist=$tmp/dl/pyfuse3-$PYFUSE3_VERSION.tar.gz
+echo "$PYFUSE3_SHA256  $sdist" | sha256sum --check --quiet
+
+tar -C "$tmp" --no-same-owner -xzf "$sdist"
+src=$tmp/pyfuse3-$PYFUSE3_VERSION
+for p in "${PATCHES[@]}"; do
+    say "applying $(basename "$p")"
+    patch -d "$src" -p1 --forward --batch --fuzz=0 --quiet <"$p"
+done
+rm -f "$src/src/pyfuse3/__init__.c"  # generated from the unpatched .pyx
+
+echo "Cython==$CYTHON_VERSION" >"$tmp/build-constraints.txt"
+say "building (Cython $CYTHON_VERSION)"
+"${PIP[@]}" wheel --quiet --no-deps --build-constraint "$tmp/build-constraints.txt" \
+    -w "$tmp/wheel" "$src"
+# Built: only now is the pyfuse3 in VENV replaced. Uninstalled first, as the new one
+# has the same version; trio stays as it is where it is there.
+rm -f "$stamp"
+"${PIP[@]}" uninstall --quiet --yes pyfuse3 >/dev/null 2>&1 || true
+"${PIP[@]}" install --quiet "$tmp"/wheel/pyfuse3-*.whl
+if ! patched; then
+    say "the pyfuse3 installed in $VENV has no fallocate handler" >&2
+    exit 1
+fi
+echo "$want" >"$stamp"
+say "$PYFUSE3_VERSION with ${#PATCHES[@]} patch(es) installed"
