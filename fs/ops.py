@@ -234,6 +234,19 @@ class Operations(pyfuse3.Operations):
     def fsync(self, fh: int, datasync: bool) -> None:
         self.fs.fsync(fh, datasync)
 
+    @handler
+    def fallocate(self, fh: int, mode: int, off: int, length: int) -> None:
+        """fallocate(2), every mode the kernel passes on, to the upper file.
+
+        Called only by a pyfuse3 that has the handler (third_party/pyfuse3's patch);
+        a stock pyfuse3 registers none, never calls this, and the kernel answers
+        fallocate(2) with EOPNOTSUPP itself. The kernel's cached attributes stay
+        right without help: fuse_file_fallocate grows its i_size to off + length
+        unless FALLOC_FL_KEEP_SIZE, drops the page cache of a punched or zeroed range
+        and marks size and blocks stale, so the next stat asks getattr.
+        """
+        self.fs.fallocate(fh, mode, off, length)
+
     # -- directories -------------------------------------------------------------------
 
     @handler

@@ -1415,16 +1415,20 @@ class Overlay:
             h.fd, h.upper = fd, upper
         return os.pread(h.fd, size, off)
 
+    def _remove_privs(self, h: FileHandle) -> None:
+        """An unprivileged writer clears setuid/setgid (file_remove_privs); with
+        FUSE_CAP_HANDLE_KILLPRIV on, the kernel leaves it to the filesystem. Once per
+        open file."""
+        h.kill_priv = False
+        st = os.fstat(h.fd)
+        killed = _kill_suid(st.st_mode)
+        if killed != st.st_mode:
+            os.fchmod(h.fd, stat.S_IMODE(killed))
+
     def write(self, fh: int, off: int, data: bytes) -> int:
         h = self._files[fh]
         if h.kill_priv:
-            # An unprivileged writer clears setuid/setgid (file_remove_privs); with
-            # FUSE_CAP_HANDLE_KILLPRIV on, the kernel leaves it to the filesystem.
-            h.kill_priv = False
-            st = os.fstat(h.fd)
-            killed = _kill_suid(st.st_mode)
-            if killed != st.st_mode:
-                os.fchmod(h.fd, stat.S_IMODE(killed))
+            self._remove_privs(h)
         view = memoryview(data)
         total = 0
         while view:
@@ -1448,6 +1452,18 @@ class Overlay:
             os.fdatasync(h.fd)
         else:
             os.fsync(h.fd)
+
+    def fallocate(self, fh: int, mode: int, off: int, length: int) -> None:
+        """fallocate(2) of the upper file, `mode` passed through: the kernel's
+        overlayfs calls the upper file's (ovl_fallocate), so the upper filesystem's
+        answer, errno included, is the answer. A file open for writing was copied up
+        at open, and the kernel sends fallocate for no other (vfs_fallocate: EBADF)."""
+        h = self._files[fh]
+        if not h.upper:
+            raise _err(errno.EBADF)
+        if h.kill_priv:
+            self._remove_privs(h)  # ext4 and xfs do, at fallocate (file_modified)
+        syscalls.fallocate(h.fd, mode, off, length)
 
 
 def _getxattr(target: bytes | int, name: bytes) -> bytes:

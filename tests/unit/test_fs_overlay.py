@@ -244,6 +244,31 @@ def test_setattr(fs: Overlay, layers: tuple[Path, ...]) -> None:
     assert stat.S_IMODE((u / "d").stat().st_mode) == 0o700 and kind(u / "d/x") == "missing"
 
 
+def test_fallocate(fs: Overlay, layers: tuple[Path, ...]) -> None:
+    """fallocate of the upper file, the mode passed through (the kernel comparison is
+    in tests/integration/test_fs_semantics.py)."""
+    u = layers[2]
+    fh = fs.open(ino(fs, "a"), os.O_WRONLY, 1000)  # copies up
+    os.chmod(u / "a", 0o4755)
+    fs.fallocate(fh, 0, 0, 1 << 16)
+    st = (u / "a").stat()
+    assert (u / "a").read_bytes()[:3] == b"l1a" and st.st_size == 1 << 16
+    assert st.st_blocks * 512 >= 1 << 16
+    assert stat.S_IMODE(st.st_mode) == 0o755  # an unprivileged writer's, as write()
+    fs.fallocate(fh, syscalls.FALLOC_FL_KEEP_SIZE, 1 << 16, 1 << 16)
+    st = (u / "a").stat()
+    assert st.st_size == 1 << 16 and st.st_blocks * 512 >= 1 << 17
+    fs.fallocate(fh, syscalls.FALLOC_FL_PUNCH_HOLE | syscalls.FALLOC_FL_KEEP_SIZE, 0, 2)
+    assert (u / "a").read_bytes()[:3] == b"\0\0a"
+    assert errno_of(fs.fallocate, fh, syscalls.FALLOC_FL_PUNCH_HOLE, 0, 1) == errno.EOPNOTSUPP
+    assert errno_of(fs.fallocate, fh, 0, 0, 0) == errno.EINVAL
+    fs.release(fh)
+    fh = fs.open(ino(fs, "b"), os.O_RDONLY, 0)  # the kernel never sends this one
+    assert errno_of(fs.fallocate, fh, 0, 0, 1) == errno.EBADF
+    fs.release(fh)
+    assert kind(u / "b") == "missing"
+
+
 def test_xattr_names(fs: Overlay, layers: tuple[Path, ...]) -> None:
     u = layers[2]
     b = ino(fs, "b")
