@@ -239,10 +239,11 @@ def sbx_fs_script() -> Path:
 
 def run_driver(user: Any, workdir: Path, ops: list[str], layers: dict[str, list[Any]] | None = None,
                upper: list[Any] | None = None, *, map_auto: bool = True,
-               timeout: float = DRIVER_TIMEOUT) -> list[Any]:
+               timeout: float = DRIVER_TIMEOUT, sbx_fs: str | None = None) -> list[Any]:
     """Run the driver as `user` (tests/helpers.User) in a fresh directory under
     `workdir`; returns one result per op. Fails the test with the driver's stderr if
-    it crashes."""
+    it crashes. `sbx_fs`: the command mount() runs (default: the one beside this
+    Python)."""
     run_dir = workdir / f"run{len(list(workdir.iterdir()))}"
     run_dir.mkdir()
     os.chown(run_dir, user.uid, user.gid)
@@ -250,7 +251,7 @@ def run_driver(user: Any, workdir: Path, ops: list[str], layers: dict[str, list[
     shutil.copyfile(__file__, script)
     os.chmod(script, 0o644)
     spec = {"layers": layers or {}, "upper": upper or [], "ops": ops,
-            "sbx_fs": str(sbx_fs_script())}
+            "sbx_fs": sbx_fs or str(sbx_fs_script())}
     argv = ["unshare", "--user", "--map-root-user", "--mount"]
     if map_auto:
         argv.insert(3, "--map-auto")

@@ -9,6 +9,8 @@ operations run on it too and the two must agree, errno included.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -437,9 +439,6 @@ def test_truncate_sets_the_times_as_the_kernel_does(fs_run: Runner) -> None:
     assert sbx[1:-1] == kernel[1:-1]
 
 
-FALLOCATE = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True);"
-             " libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long,"
-             " ctypes.c_long]; ")
 POSIX_FALLOCATE_OPS = [
     # past the end of a lower file: copied up, grown, the data kept, zeros after
     "fd = os.open(m + '/a', os.O_RDWR); os.posix_fallocate(fd, 1, 10000); os.close(fd);"
@@ -456,22 +455,181 @@ POSIX_FALLOCATE_OPS = [
 ]
 
 
-def test_fallocate(fs_run: Runner) -> None:
-    """fallocate(2) is EOPNOTSUPP: pyfuse3 (3.5.0, the newest) registers no fallocate
-    handler, so the kernel never sends one (docs/fs.md, "Not supported").
-    posix_fallocate(3) works, as on the kernel's overlayfs: glibc falls back to
-    writing a byte in every block that is not there yet (it reads first, so the
-    descriptor must be open for reading too)."""
-    r = fs_run(["mount()",
-                FALLOCATE + "fd = os.open(m + '/f', os.O_CREAT | os.O_RDWR, 0o644);"
-                " v = libc.fallocate(fd, 0, 0, 4096); e = ctypes.get_errno(); os.close(fd);"
-                " (v, e == errno.EOPNOTSUPP, os.stat(m + '/f').st_size)",
-                "umount()"], TWO)
-    assert r[1] == [-1, True, 0]
+def test_posix_fallocate(fs_run: Runner) -> None:
+    """posix_fallocate(3) as on the kernel's overlayfs. glibc calls fallocate(2) and,
+    where that is EOPNOTSUPP (a stock pyfuse3: docs/fs.md), writes a byte in every
+    block that is not there yet, which needs a descriptor open for reading too."""
     sbx = fs_run(["mount(); remount = mount", *POSIX_FALLOCATE_OPS, "umount()"], TWO)
     kernel = fs_run(["kmount(); remount = kmount", *POSIX_FALLOCATE_OPS, "umount()"], TWO)
     assert kernel[1:-1] == [[10001, "l1a", True, "file"], [3 << 20, True], ["b", 1],
                             [10001, 3 << 20]]
+    assert sbx[1:-1] == kernel[1:-1]
+
+
+# fallocate(2) through a mount: `fa` raises OSError like os functions do.
+FA = ("import ctypes\n"
+      "libc = ctypes.CDLL(None, use_errno=True)\n"
+      "libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]\n"
+      "def fa(fd, mode, off, length):\n"
+      "    if libc.fallocate(fd, mode, off, length) != 0:\n"
+      "        e = ctypes.get_errno()\n"
+      "        raise OSError(e, os.strerror(e))\n"
+      "KEEP, PUNCH, COLLAPSE, ZERO, INSERT = 0x01, 0x02, 0x08, 0x10, 0x20\n"
+      "def ro(p):\n"
+      "    return os.open(p, os.O_RDONLY)\n"
+      "def zeros(b):\n"
+      "    return b.count(0) == len(b)\n")
+BLK = 4096
+BIG = "y" * (3 * BLK)  # a lower file of three blocks
+FALLOC_LAYERS = {"l1": [{"path": "a", "data": "l1a"}, {"path": "big", "data": BIG},
+                        {"path": "k", "data": "k"}, {"path": "fifo", "type": "fifo"}],
+                 "l2": [{"path": "b", "data": "b"}]}
+FALLOC_OPS = [
+    FA,
+    # mode 0, a new file: the size the kernel shows at once, all blocks there, zeros
+    "fd = os.open(m + '/n', os.O_CREAT | os.O_RDWR, 0o644); fa(fd, 0, 0, 1 << 20);"
+    " v = (os.fstat(fd).st_size, os.stat(m + '/n').st_size, os.stat(m + '/n').st_blocks"
+    " * 512 >= 1 << 20, zeros(os.pread(fd, 1 << 20, 0))); os.close(fd); v",
+    # mode 0, a lower file: copied up, grown, its data kept
+    "fd = os.open(m + '/a', os.O_WRONLY); fa(fd, 0, 2, 8190); os.close(fd);"
+    " v = open(m + '/a', 'rb').read(); (len(v), v[:3], zeros(v[3:]), kind(u + '/a'),"
+    " os.stat(u + '/a').st_size)",
+    # mode 0 inside the file: nothing changes; then the same on a lower file
+    "fd = os.open(m + '/a', os.O_RDWR); fa(fd, 0, 0, 1); os.close(fd); os.stat(m + '/a').st_size",
+    "fd = os.open(m + '/b', os.O_RDWR); fa(fd, 0, 0, 1); os.close(fd);"
+    " (read(m + '/b'), os.stat(m + '/b').st_size, kind(u + '/b'))",
+    # KEEP_SIZE past the end of a lower file: the size stays, the blocks come
+    "b0 = os.stat(m + '/k').st_blocks; fd = os.open(m + '/k', os.O_RDWR);"
+    " fa(fd, KEEP, 0, 1 << 20); s = os.fstat(fd); os.close(fd);"
+    " (s.st_size, b0 * 512 < 1 << 20, s.st_blocks * 512 >= 1 << 20, read(m + '/k'),"
+    " os.stat(u + '/k').st_size)",
+    # PUNCH_HOLE | KEEP_SIZE in a copied-up file, over a block just written (the kernel
+    # writes its dirty pages back first): zeros read back, size kept, a block freed
+    "fd = os.open(m + '/big', os.O_RDWR); os.pwrite(fd, b'w' * 4096, 4096);"
+    " fa(fd, PUNCH | KEEP, 4096, 4096); v = os.pread(fd, 3 * 4096, 0); os.fsync(fd);"
+    " s = os.fstat(fd); os.close(fd);"
+    " (v[:4096] == b'y' * 4096, zeros(v[4096:8192]), v[8192:] == b'y' * 4096, s.st_size,"
+    " s.st_blocks * 512)",
+    # ... and unaligned: the partial blocks zeroed, the range reads back as zeros
+    "fd = os.open(m + '/big', os.O_RDWR); fa(fd, PUNCH | KEEP, 100, 50); v = os.pread(fd,"
+    " 200, 0); os.close(fd); (v[:100] == b'y' * 100, zeros(v[100:150]), v[150:] == b'y' * 50)",
+    # ZERO_RANGE over cached data, then past the end (without KEEP_SIZE: the file grows)
+    "fd = os.open(m + '/big', os.O_RDWR); os.pwrite(fd, b'z' * 10, 9500);"
+    " fa(fd, ZERO, 9000, 1000); v = os.pread(fd, 3000, 8192); fa(fd, ZERO, 12288, 4096);"
+    " s = os.fstat(fd).st_size; w = zeros(os.pread(fd, 4096, 12288)); os.close(fd);"
+    " (v[:808] == b'y' * 808, zeros(v[808:1808]), v[1808:] == b'y' * 1192, s, w,"
+    " os.stat(m + '/big').st_size)",
+    "fd = os.open(m + '/big', os.O_RDWR); fa(fd, ZERO | KEEP, 16000, 10000);"
+    " v = os.fstat(fd).st_size; os.close(fd); v",
+    # past 4 GiB: a sparse file grows to 5 GiB + 4 KiB with one block, and keeps its size
+    # for KEEP_SIZE further out; a hole punched there reads back as zeros
+    "fd = os.open(m + '/huge', os.O_CREAT | os.O_RDWR, 0o644); fa(fd, 0, 5 << 30, 4096);"
+    " os.pwrite(fd, b'end', (5 << 30) + 100); fa(fd, KEEP, 6 << 30, 4096);"
+    " fa(fd, PUNCH | KEEP, 5 << 30, 4096); os.fsync(fd); s = os.fstat(fd);"
+    " v = os.pread(fd, 4096, 5 << 30); os.close(fd);"
+    " (s.st_size, s.st_blocks * 512, zeros(v), len(v))",
+    # errors: the VFS's for a read-only descriptor, a bad range, PUNCH without
+    # KEEP_SIZE, a fifo; the upper filesystem's (ext4: EFBIG) past its largest file
+    "fd = ro(m + '/b')\ntry:\n    fa(fd, 0, 0, 1)\nfinally:\n    os.close(fd)",
+    "fd = os.open(m + '/n', os.O_RDWR)\ntry:\n    fa(fd, 0, 0, 0)\nfinally:\n    os.close(fd)",
+    "fd = os.open(m + '/n', os.O_RDWR)\ntry:\n    fa(fd, 0, -1, 10)\nfinally:\n"
+    "    os.close(fd)",
+    "fd = os.open(m + '/n', os.O_RDWR)\ntry:\n    fa(fd, PUNCH, 0, 4096)\nfinally:\n"
+    "    os.close(fd)",
+    "fd = os.open(m + '/fifo', os.O_RDWR)\ntry:\n    fa(fd, 0, 0, 4096)\nfinally:\n"
+    "    os.close(fd)",
+    "fd = os.open(m + '/n', os.O_RDWR)\ntry:\n    fa(fd, 0, 1 << 50, 4096)\nfinally:\n"
+    "    os.close(fd)",
+    "os.stat(m + '/n').st_size",
+    # an unprivileged caller's fallocate clears setuid and setgid (ext4's
+    # file_modified); mtime moves for every mode
+    "write(m + '/s', 'x'); os.chown(m + '/s', 1000, 1000); os.chmod(m + '/s', 0o6755)\n"
+    "def f():\n"
+    "    os.setgid(1000); os.setuid(1000); fd = os.open(m + '/s', os.O_RDWR)\n"
+    "    fa(fd, KEEP, 0, 10); os.close(fd)\n"
+    "in_child(f); oct(os.stat(m + '/s').st_mode)",
+    *("os.utime(m + '/s', (1e9, 1e9)); fd = os.open(m + '/s', os.O_RDWR);"
+      f" fa(fd, {mode}, 0, 4096 * {n}); os.close(fd); os.stat(m + '/s').st_mtime != 1e9"
+      for mode, n in (("KEEP", 2), ("0", 4), ("PUNCH | KEEP", 1), ("ZERO", 1))),
+    # what the upper layer holds, read back after a remount
+    "umount(); remount(); [os.stat(m + '/' + f).st_size for f in ('n', 'a', 'b', 'k', 'big',"
+    " 'huge')] + [read(m + '/a')[:3], read(m + '/k'), kind(u + '/big')]",
+    "(oct(os.stat(m + '/s').st_mode), os.stat(m + '/s').st_mtime != 1e9,"
+    " os.stat(m + '/s').st_size)",
+]
+
+
+@pytest.mark.parametrize("opts", ["", "writeback=0"])
+def test_fallocate(fs_run: Runner, opts: str) -> None:
+    """fallocate(2), every mode FUSE passes on, through sbx-fs (with pyfuse3 patched by
+    scripts/build-pyfuse3.sh) and the kernel's overlayfs: the same sizes, blocks,
+    data and errno, the kernel's cached size included; with and without the
+    writeback cache."""
+    mount = f"mount(opts={opts!r}); remount = lambda: mount(opts={opts!r})"
+    sbx = fs_run([mount, *FALLOC_OPS, "umount()"], FALLOC_LAYERS)
+    kernel = fs_run(["kmount(); remount = kmount", *FALLOC_OPS, "umount()"], FALLOC_LAYERS)
+    big = 5 << 30
+    assert kernel[1:-1] == [
+        None,
+        [1 << 20, 1 << 20, True, True],
+        [8192, "l1a", True, "file", 8192],
+        8192,
+        ["b", 1, "file"],
+        [1, True, True, "k", 1],
+        [True, True, True, 3 * BLK, 2 * BLK],
+        [True, True, True],
+        [True, True, True, 12288 + 4096, True, 16384],
+        16384,
+        [big + 4096, 4096, True, 4096],
+        err("EBADF"), err("EINVAL"), err("EINVAL"), err("ENOTSUP"), err("ESPIPE"),
+        err("EFBIG"),
+        1 << 20,
+        "0o100755", True, True, True, True,
+        [1 << 20, 8192, 1, 1, 16384, big + 4096, "l1a", "k", "file"],
+        ["0o100755", True, 4 * BLK],
+    ]
+    assert list(zip(FALLOC_OPS, sbx[1:-1], strict=True)) == list(
+        zip(FALLOC_OPS, kernel[1:-1], strict=True))
+
+
+def test_fallocate_modes_fuse_refuses(fs_run: Runner) -> None:
+    """COLLAPSE_RANGE and INSERT_RANGE: the kernel's overlayfs passes them to ext4,
+    which does them; FUSE's client refuses them itself (fuse_file_fallocate:
+    EOPNOTSUPP) and never asks the server, so sbx-fs cannot do them."""
+    ops = [FA, *(f"fd = os.open(m + '/big', os.O_RDWR)\ntry:\n    fa(fd, {mode}, 4096, 4096)\n"
+                 "finally:\n    os.close(fd)" for mode in ("COLLAPSE", "INSERT")),
+           "os.stat(m + '/big').st_size"]
+    sbx = fs_run(["mount()", *ops, "umount()"], FALLOC_LAYERS)
+    kernel = fs_run(["kmount()", *ops, "umount()"], FALLOC_LAYERS)
+    assert kernel[2:-1] == [None, None, 3 * BLK]
+    assert sbx[2:-1] == [err("ENOTSUP"), err("ENOTSUP"), 3 * BLK]  # EOPNOTSUPP
+
+
+STOCK_VENV = os.environ.get("SBX_FS_STOCK_VENV")
+
+
+@pytest.mark.skipif(not STOCK_VENV, reason="set SBX_FS_STOCK_VENV to a venv with sbx and a "
+                    "stock pyfuse3 (docs/fs.md)")
+def test_a_stock_pyfuse3(fs_run: Runner) -> None:
+    """With pyfuse3 as PyPI has it (no fallocate handler), sbx-fs mounts and works,
+    fallocate(2) is EOPNOTSUPP in every mode and posix_fallocate(3) works through
+    glibc's fallback, as on the kernel's overlayfs."""
+    assert STOCK_VENV is not None
+    python = Path(STOCK_VENV) / "bin" / "python"
+    probe = subprocess.run([python, "-c", "import pyfuse3; print(hasattr(pyfuse3.Operations,"
+                            " 'fallocate'))"], capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "False", "SBX_FS_STOCK_VENV has a patched pyfuse3"
+    sbx_fs = str(Path(STOCK_VENV) / "bin" / "sbx-fs")
+    r = fs_run(["mount()", FA,
+                *(f"fd = os.open(m + '/n', os.O_CREAT | os.O_RDWR, 0o644)\ntry:\n"
+                  f"    fa(fd, {mode}, 0, 4096)\nfinally:\n    os.close(fd)"
+                  for mode in ("0", "KEEP", "PUNCH | KEEP", "ZERO")),
+                "write(m + '/a', 'x', 'a'); (read(m + '/a'), os.stat(m + '/n').st_size)",
+                "umount()"], TWO, sbx_fs=sbx_fs)
+    assert r[2:-1] == [err("ENOTSUP")] * 4 + [["l1ax", 0]]  # ENOTSUP is EOPNOTSUPP
+    sbx = fs_run(["mount(); remount = mount", *POSIX_FALLOCATE_OPS, "umount()"], TWO,
+                 sbx_fs=sbx_fs)
+    kernel = fs_run(["kmount(); remount = kmount", *POSIX_FALLOCATE_OPS, "umount()"], TWO)
     assert sbx[1:-1] == kernel[1:-1]
 
 
