@@ -55,7 +55,7 @@ say "fetching the pyfuse3 $PYFUSE3_VERSION sdist"
 # --require-hashes: pip refuses any other file; the sha256sum below says it again in
 # plain sight.
 echo "pyfuse3==$PYFUSE3_VERSION --hash=sha256:$PYFUSE3_SHA256" >"$tmp/req.txt"
-"${PIP[@]}" download --quiet --no-deps --no-binary :all: --require-hashes \
+"${PIP[@]}" download --quiet --no-deps --no-binary pyfuse3 --require-hashes \
     -r "$tmp/req.txt" -d "$tmp/dl"
 sdist=$tmp/dl/pyfuse3-$PYFUSE3_VERSION.tar.gz
 echo "$PYFUSE3_SHA256  $sdist" | sha256sum --check --quiet
