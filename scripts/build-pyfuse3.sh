@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Build pyfuse3 from its pinned sdist with sbx's carried patches and install it into a
-# venv:   scripts/build-pyfuse3.sh VENV
+# venv:
+#   scripts/build-pyfuse3.sh VENV               patched, into VENV (setup.sh)
+#   scripts/build-pyfuse3.sh --stock DIR VENV   unpatched, with VENV's pip, into DIR
+#                                               (pip --target), for the test that
+#                                               runs fs/ on a stock pyfuse3
 # The patches (third_party/pyfuse3/*.patch; README.md there says why) add the
-# fallocate(2) handler that pyfuse3 3.5.0 lacks, which fs/ uses when it is there.
+# fallocate(2) handler that pyfuse3 3.5.0 lacks, and readdir entries without a
+# lookup (readdir_reply(..., lookup=False)); fs/ uses each when it is there.
 #
 # The sdist is fetched with VENV's pip (whatever index it is configured with), its
 # sha256 checked against the pin below, patched, and built with Cython (pinned too:
@@ -10,8 +15,9 @@
 # removed first). Needs gcc, pkg-config, libfuse3-dev and patch (setup.sh installs
 # them) and a package index; not root.
 #
-# Idempotent: a stamp in VENV records the sdist, the patches and Cython it was built
-# from, and a rerun with the same ones whose pyfuse3 still has the handler does nothing.
+# Idempotent: a stamp records the sdist, the patches and Cython a build was made
+# from, and a rerun with the same ones whose result still imports as expected does
+# nothing.
 set -euo pipefail
 
 PYFUSE3_VERSION=3.5.0
@@ -20,31 +26,47 @@ CYTHON_VERSION=3.3.1
 
 say() { printf 'pyfuse3: %s\n' "$*"; }
 
-VENV=${1:?usage: build-pyfuse3.sh VENV}
+usage="usage: build-pyfuse3.sh [--stock DIR] VENV"
+STOCK=
+if [[ ${1:-} == --stock ]]; then
+    STOCK=${2:?$usage}
+    shift 2
+fi
+VENV=${1:?$usage}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PATCHES=("$ROOT"/third_party/pyfuse3/*.patch)
+PATCHES=()
+[[ -n $STOCK ]] || PATCHES=("$ROOT"/third_party/pyfuse3/*.patch)
 PIP=("$VENV/bin/pip" --disable-pip-version-check)
 
-# What the installed pyfuse3 must be built from, and a check that it is.
+# What the pyfuse3 there must be built from, and a check that it is.
 want="pyfuse3 $PYFUSE3_VERSION sha256:$PYFUSE3_SHA256 cython $CYTHON_VERSION"
 for p in "${PATCHES[@]}"; do
     want+=" $(basename "$p") sha256:$(sha256sum "$p" | cut -d' ' -f1)"
 done
-stamp=$VENV/.sbx-pyfuse3-stamp
-patched() {
-    "$VENV/bin/python" - "$PYFUSE3_VERSION" <<'EOF' 2>/dev/null
+if [[ -n $STOCK ]]; then
+    stamp=$STOCK/.sbx-pyfuse3-stamp
+else
+    stamp=$VENV/.sbx-pyfuse3-stamp
+fi
+built() {  # the pyfuse3 in place imports, and has the patches' additions or none
+    PYTHONPATH=${STOCK:-} "$VENV/bin/python" - "$PYFUSE3_VERSION" "${STOCK:+stock}" \
+        <<'EOF' 2>/dev/null
+import inspect
 import sys
 
 import pyfuse3
 
-# The Python default (Operations.fallocate) and the compiled handler that calls it.
-ok = (pyfuse3.__version__ == sys.argv[1] and hasattr(pyfuse3.Operations, "fallocate")
-      and hasattr(pyfuse3, "fuse_fallocate_async"))
-sys.exit(0 if ok else 1)
+# 0001: the Python default (Operations.fallocate) and the compiled handler that
+# calls it; 0002: readdir_reply's lookup argument.
+added = [hasattr(pyfuse3.Operations, "fallocate"), hasattr(pyfuse3, "fuse_fallocate_async"),
+         "lookup" in inspect.signature(pyfuse3.readdir_reply).parameters]
+want = not any(added) if sys.argv[2:] == ["stock"] else all(added)
+sys.exit(0 if pyfuse3.__version__ == sys.argv[1] and want else 1)
 EOF
 }
-if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && patched; then
-    say "$PYFUSE3_VERSION with ${#PATCHES[@]} patch(es) already in $VENV"
+what="$PYFUSE3_VERSION with ${#PATCHES[@]} patch(es)"
+if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && built; then
+    say "$what already in ${STOCK:-$VENV}"
     exit 0
 fi
 
@@ -72,14 +94,21 @@ echo "Cython==$CYTHON_VERSION" >"$tmp/build-constraints.txt"
 say "building (Cython $CYTHON_VERSION)"
 "${PIP[@]}" wheel --quiet --no-deps --build-constraint "$tmp/build-constraints.txt" \
     -w "$tmp/wheel" "$src"
-# Built: only now is the pyfuse3 in VENV replaced. Uninstalled first, as the new one
-# has the same version; trio stays as it is where it is there.
+# Built: only now is the pyfuse3 there replaced.
 rm -f "$stamp"
-"${PIP[@]}" uninstall --quiet --yes pyfuse3 >/dev/null 2>&1 || true
-"${PIP[@]}" install --quiet "$tmp"/wheel/pyfuse3-*.whl
-if ! patched; then
-    say "the pyfuse3 installed in $VENV has no fallocate handler" >&2
+if [[ -n $STOCK ]]; then
+    rm -rf "$STOCK"
+    "${PIP[@]}" install --quiet --no-deps --target "$STOCK" "$tmp"/wheel/pyfuse3-*.whl
+    chmod -R a+rX "$STOCK"  # the tests run it as the unprivileged test user
+else
+    # Uninstalled first, as the new one has the same version; trio stays as it is
+    # where it is there.
+    "${PIP[@]}" uninstall --quiet --yes pyfuse3 >/dev/null 2>&1 || true
+    "${PIP[@]}" install --quiet "$tmp"/wheel/pyfuse3-*.whl
+fi
+if ! built; then
+    say "the pyfuse3 installed in ${STOCK:-$VENV} is not what was built" >&2
     exit 1
 fi
 echo "$want" >"$stamp"
-say "$PYFUSE3_VERSION with ${#PATCHES[@]} patch(es) installed"
+say "$what installed in ${STOCK:-$VENV}"

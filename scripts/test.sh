@@ -13,6 +13,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=/opt/sbx/venv
 
 "$ROOT/scripts/setup.sh"
+# A pyfuse3 without sbx's patches, for the test that runs fs/ on a stock one
+# (test_fs_semantics.py::test_a_stock_pyfuse3); kept between runs.
+bash "$ROOT/scripts/build-pyfuse3.sh" --stock /opt/sbx/pyfuse3-stock "$VENV" | sed 's/^/test: /'
 cd "$ROOT"
 
 lint=0

@@ -3,7 +3,7 @@ third_party/pyfuse3's patch adds (scripts/build-pyfuse3.sh): sbx-fs must still i
 start and serve requests, as it does for someone who pip-installs it with pyfuse3 from
 PyPI. Runs in a child interpreter whose pyfuse3 has the patch's additions removed before
 fs/ is imported, so nothing leaks into other tests. (tests/integration/test_fs_semantics.py
-mounts with a really stock build where SBX_FS_STOCK_VENV names one.)
+mounts with a really stock build: scripts/build-pyfuse3.sh --stock.)
 """
 
 from __future__ import annotations
