@@ -50,8 +50,9 @@ class Inode:
     from, top first, and `xwh` those in which it may hold xattr whiteouts.
     """
 
-    __slots__ = ("children", "dir_layers", "ino", "is_dir", "key", "layer", "links",
-                 "lookups", "opened", "pinned", "version", "xattrs", "xwh")
+    __slots__ = ("_path", "_path_gen", "children", "dir_layers", "ino", "is_dir", "key",
+                 "kind", "layer", "links", "lookups", "opened", "pinned", "version", "xattrs",
+                 "xwh")
 
     def __init__(self, ino: int, key: Key, is_dir: bool, layer: int) -> None:
         self.ino = ino
@@ -69,6 +70,12 @@ class Inode:
         # The xattr names of a non-directory's real file, as stored, once listed
         # (overlay.getxattr); None when not known.
         self.xattrs: frozenset[bytes] | None = None
+        # path(), remembered while no directory has moved (_PATHS_GEN) and this
+        # inode's own names are as they were (_moved).
+        self._path: Path | None = None
+        self._path_gen = -1
+        # The file type (S_IFMT bits) the mount last presented; 0 until then.
+        self.kind = 0
 
     def __repr__(self) -> str:
         return f"Inode({self.ino}, {self.path()!r}, dir={self.is_dir}, layer={self.layer})"
@@ -78,7 +85,14 @@ class Inode:
         return self.ino == ROOT_INO or bool(self.links)
 
     def path(self) -> Path | None:
-        """The path of the primary name from the root; None once removed."""
+        """The path of the primary name from the root; None once removed.
+
+        Every request resolves paths, most of them of the same few directories, so
+        the answer is kept: valid until a directory's names change anywhere (a
+        global generation, _PATHS_GEN: rare) or this inode's own (_moved)."""
+        gen = _PATHS_GEN[0]
+        if self._path_gen == gen:
+            return self._path
         names: list[bytes] = []
         node = self
         while node.ino != ROOT_INO:
@@ -87,7 +101,9 @@ class Inode:
             node, name = node.links[0]
             names.append(name)
         names.reverse()
-        return tuple(names)
+        path = tuple(names)
+        self._path, self._path_gen = path, gen
+        return path
 
     def where(self) -> tuple[Path, bytes]:
         """(parent path, name) of the primary name; ENOENT once removed."""
@@ -106,6 +122,21 @@ class Inode:
         return path
 
 
+# The generation of every cached Inode.path(): bumped whenever the names of a
+# directory change, since the paths of everything below it change with them. A list,
+# so that it is one shared cell.
+_PATHS_GEN = [0]
+
+
+def _moved(inode: Inode) -> None:
+    """The names of `inode` changed: its cached path, and for a directory every
+    cached path, are stale."""
+    if inode.is_dir:
+        _PATHS_GEN[0] += 1
+    else:
+        inode._path_gen = -1
+
+
 class InodeTable:
     """The live inodes by number, and the numbering."""
 
@@ -115,6 +146,8 @@ class InodeTable:
         self._devs: dict[int, int] = {}
         self._fallback: dict[Key, int] = {}
         self.aliases: dict[Key, Key] = {}  # upper copy -> lower origin
+        # Every recorded name: (parent number, name) -> the inode it names.
+        self.names: dict[tuple[int, bytes], Inode] = {}
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -183,12 +216,16 @@ class InodeTable:
                 return
         inode.links.append((parent, name))
         parent.children += 1
+        self.names[(parent.ino, name)] = inode
+        _moved(inode)
 
     def unlink(self, inode: Inode, parent: Inode, name: bytes) -> None:
         """Forget the name `name` in `parent` for `inode` (unlink, rename away)."""
         for i, (p, n) in enumerate(inode.links):
             if p is parent and n == name:
                 del inode.links[i]
+                _moved(inode)
+                self._unname(inode, p, n)
                 parent.children -= 1
                 self._maybe_drop(parent)
                 break
@@ -197,7 +234,9 @@ class InodeTable:
     def detach(self, inode: Inode) -> None:
         """Remove every name of `inode` (it left the tree)."""
         links, inode.links = inode.links, []
-        for parent, _ in links:
+        _moved(inode)
+        for parent, name in links:
+            self._unname(inode, parent, name)
             parent.children -= 1
         for parent, _ in links:
             self._maybe_drop(parent)
@@ -210,11 +249,23 @@ class InodeTable:
         for i, (p, n) in enumerate(inode.links):
             if p is old_parent and n == old:
                 inode.links[i] = (parent, new)
+                _moved(inode)
+                self._unname(inode, p, n)
+                self.names[(parent.ino, new)] = inode
                 parent.children += 1
                 old_parent.children -= 1
                 self._maybe_drop(old_parent)
                 return
         self.link(inode, parent, new)
+
+    def _unname(self, inode: Inode, parent: Inode, name: bytes) -> None:
+        key = (parent.ino, name)
+        if self.names.get(key) is inode:  # a rename over it may have named another
+            del self.names[key]
+
+    def named(self, parent: Inode, name: bytes) -> Inode | None:
+        """The inode recorded for NAME in `parent`, if any."""
+        return self.names.get((parent.ino, name))
 
     # -- lookup counts ---------------------------------------------------------
 
@@ -244,6 +295,9 @@ class InodeTable:
             if self._by_key.get(inode.key) is inode:
                 del self._by_key[inode.key]
             links, inode.links = inode.links, []
+            _moved(inode)
+            for parent, name in links:
+                self._unname(inode, parent, name)
             for parent, _ in links[1:]:
                 parent.children -= 1
                 self._maybe_drop(parent)

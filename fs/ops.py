@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import signal
 import threading
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 
 EXPIRE_WAIT = 0.2  # seconds a reply waits for an entry invalidation (_expire)
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+# readdir_reply(..., lookup=False): an entry the kernel already holds is sent by
+# number and type alone, not stat-ed again for its attributes (overlay.readdir).
+# Added by third_party/pyfuse3/0002-readdir-reply-without-lookup.patch; a stock
+# pyfuse3 sends full attributes for every entry, as before.
+try:
+    _BARE_ENTRIES = "lookup" in inspect.signature(pyfuse3.readdir_reply).parameters
+except (TypeError, ValueError):  # no signature to read: a stock build
+    _BARE_ENTRIES = False
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +85,7 @@ class Operations(pyfuse3.Operations):
         # Read by pyfuse3's init handler (handlers.pxi, fuse_init) to ask for
         # FUSE_CAP_WRITEBACK_CACHE.
         self.enable_writeback_cache = writeback
+        self._bare = pyfuse3.EntryAttributes()  # readdir's number-and-type entries
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -259,7 +270,18 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), self._entry(attr),
                                          next_id)
 
-        self.fs.readdir(fh, start_id, emit)
+        if not _BARE_ENTRIES:
+            self.fs.readdir(fh, start_id, emit)
+            return
+        bare = self._bare
+
+        def emit_known(name: bytes, ino: int, kind: int, next_id: int) -> bool:
+            bare.st_ino = pyfuse3.InodeT(ino)
+            bare.st_mode = pyfuse3.ModeT(kind)
+            return pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), bare, next_id,
+                                         lookup=False)  # type: ignore[call-arg]
+
+        self.fs.readdir(fh, start_id, emit, emit_known)
 
     @handler
     def releasedir(self, fh: int) -> None:

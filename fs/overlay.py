@@ -114,6 +114,12 @@ class Attr:
     ctime_ns: int
 
 
+def _dot_attr(inode: Inode) -> Attr:
+    """What readdir gives for "." and "..": the number and the type, all the kernel
+    reads of them."""
+    return Attr(inode.ino, stat.S_IFDIR, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
 @dataclass(slots=True)
 class SetAttr:
     """What a setattr changes; None leaves a field alone. Ids are presented ones."""
@@ -481,7 +487,8 @@ class Overlay:
         return None
 
     def _real_stat(self, inode: Inode) -> tuple[os.stat_result, Layer | None, bytes | None]:
-        """The real stat of an inode, its layer and the /proc path of its file."""
+        """The real stat of an inode, its layer and, where that layer stores owners in
+        an override xattr (the one use of it), the /proc path of its file."""
         if not inode.is_dir and not inode.links:
             fd = self._open_fd(inode)
             if fd is None:
@@ -489,8 +496,9 @@ class Overlay:
             return os.fstat(fd), None, None
         layer, dfd, name = self._locate(inode)
         if name is None:
-            return os.stat(dfd), layer, proc_path(dfd)
-        return os.stat(name, dir_fd=dfd, follow_symlinks=False), layer, proc_path(dfd, name)
+            return os.stat(dfd), layer, proc_path(dfd) if layer.override is not None else None
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return st, layer, proc_path(dfd, name) if layer.override is not None else None
 
     def _attr(self, inode: Inode, st: os.stat_result | None = None) -> Attr:
         if st is None:
@@ -520,6 +528,7 @@ class Overlay:
             uid = self.uids.present(uid)
         if not self.gids.identity:
             gid = self.gids.present(gid)
+        inode.kind = mode & 0o170000  # stat.S_IFMT, for readdir's emit_known
         return Attr(inode.ino, mode, nlink, uid, gid, rdev, st.st_size, st.st_blksize,
                     st.st_blocks, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -689,10 +698,17 @@ class Overlay:
         inode.opened += 1
         return fh
 
-    def readdir(self, fh: int, start: int, emit: Callable[[bytes, Attr, int], bool]) -> None:
+    def readdir(self, fh: int, start: int, emit: Callable[[bytes, Attr, int], bool],
+                emit_known: Callable[[bytes, int, int, int], bool] | None = None) -> None:
         """Entries from offset `start`; `emit(name, attr, next_offset)` returns False
         when the reply is full. The listing is made at offset 0 and kept, so offsets
-        are indices into it and stay valid while the directory changes."""
+        are indices into it and stay valid while the directory changes.
+
+        With `emit_known(name, ino, kind, next_offset)`, an entry whose inode the
+        kernel holds (a lookup reply it has not forgotten) goes out by number and
+        type only, with no lookup counted: its dentry and attributes are cached
+        already, and stat-ing it again is what made `rm -rf` and `ls` of a tree
+        the kernel knows cost a stat per entry per read (ops.py)."""
         dh = self._dirs[fh]
         inode = dh.inode
         if start == 0 or dh.entries is None:
@@ -717,13 +733,21 @@ class Overlay:
         fast = dh.version == inode.version
         dfds: list[int] | None = None
         table = self.table
+        names = table.names if emit_known is not None and fast else None
         for i in range(start, len(entries)):
             name, pos, is_dir = entries[i]
             child: Inode | None = None
-            if i == 0:
-                attr = self._attr(inode)
-            elif i == 1:
-                attr = self._attr(inode.links[0][0] if inode.links else self.root)
+            if names is not None and i >= 2:
+                known = names.get((inode.ino, name))
+                if known is not None and known.lookups > 0 and known.kind:
+                    if not emit_known(name, known.ino, known.kind, i + 1):
+                        return
+                    continue
+            if i < 2:
+                # "." and "..": the kernel takes only the number and the type from
+                # these two (fuse_direntplus_link skips them; readdir.c), so no stat.
+                attr = _dot_attr(inode if i == 0 else
+                                 inode.links[0][0] if inode.links else self.root)
             else:
                 found: Found | None = None
                 if fast and not is_dir:

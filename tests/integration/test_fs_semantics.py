@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,44 @@ def test_removing_while_listing(fs_run: Runner) -> None:
     assert r[4] == []
 
 
+LISTING = (
+    "def listing(d):\n"
+    "    out = []\n"
+    "    for e in sorted(os.scandir(d), key=lambda e: e.name):\n"
+    # DirEntry answers these from d_type, without a stat, unless it is DT_UNKNOWN
+    "        t = ('dir' if e.is_dir(follow_symlinks=False) else 'link' if e.is_symlink()"
+    " else 'file' if e.is_file(follow_symlinks=False) else 'other')\n"
+    "        out.append([e.name, t, kind(e.path), e.inode() == os.lstat(e.path).st_ino])\n"
+    "    return out"
+)
+
+
+def test_readdir_of_entries_the_kernel_knows(fs_run: Runner) -> None:
+    """Entries the kernel already holds go out by number and type only (overlay.py,
+    readdir's emit_known): what readdir(3) shows must not change for it — d_ino is
+    st_ino, d_type the type — as on the kernel's overlayfs, through creates, links,
+    renames, copy-up and removals, and a later stat still sees the file."""
+    layers = {"l1": [{"path": "d/a", "data": "a"}, {"path": "d/sub/x", "data": "x"},
+                     {"path": "d/ln", "type": "symlink", "target": "a"}],
+              "l2": [{"path": "d/b", "data": "b"}, {"path": "d/gone", "data": "g"}]}
+    ops = ["mount()", LISTING,
+           "listing(m + '/d')",  # nothing known yet: full entries
+           "listing(m + '/d')",  # every entry known now
+           "os.mkfifo(m + '/d/fifo'); os.symlink('b', m + '/d/sl'); os.link(m + '/d/a',"
+           " m + '/d/hard'); os.rename(m + '/d/b', m + '/d/b2'); os.unlink(m + '/d/gone');"
+           " write(m + '/d/a', 'A'); os.mkdir(m + '/d/new'); listing(m + '/d')",
+           "listing(m + '/d')",
+           "[(n, os.lstat(m + '/d/' + n).st_size) for n in sorted(os.listdir(m + '/d'))]",
+           "umount()"]
+    sbx = fs_run(["mount = mount", *ops], layers)
+    kernel = fs_run(["mount = kmount", *ops], layers)
+    assert sbx[3] == sbx[4]
+    assert [e[0] for e in sbx[5]] == ["a", "b2", "fifo", "hard", "ln", "new", "sl", "sub"]
+    assert sbx[5] == sbx[6]
+    assert all(e[3] for listing in sbx[3:7] for e in listing)  # d_ino == st_ino
+    assert sbx[2:-1] == kernel[2:-1]
+
+
 def test_open_files_survive_unlink_and_copy_up(fs_run: Runner) -> None:
     r = fs_run(["mount()",
                 # a read-only descriptor opened before a copy-up reads the copy after it
@@ -605,21 +644,31 @@ def test_fallocate_modes_fuse_refuses(fs_run: Runner) -> None:
     assert sbx[2:-1] == [err("ENOTSUP"), err("ENOTSUP"), 3 * BLK]  # EOPNOTSUPP
 
 
-STOCK_VENV = os.environ.get("SBX_FS_STOCK_VENV")
+# A pyfuse3 as PyPI has it, built from the same sdist without the patches
+# (scripts/build-pyfuse3.sh --stock, which scripts/test.sh runs), put before the
+# venv's own on sys.path.
+STOCK_PYFUSE3 = Path(os.environ.get("SBX_FS_STOCK_PYFUSE3", "/opt/sbx/pyfuse3-stock"))
 
 
-@pytest.mark.skipif(not STOCK_VENV, reason="set SBX_FS_STOCK_VENV to a venv with sbx and a "
-                    "stock pyfuse3 (docs/fs.md)")
-def test_a_stock_pyfuse3(fs_run: Runner) -> None:
-    """With pyfuse3 as PyPI has it (no fallocate handler), sbx-fs mounts and works,
-    fallocate(2) is EOPNOTSUPP in every mode and posix_fallocate(3) works through
-    glibc's fallback, as on the kernel's overlayfs."""
-    assert STOCK_VENV is not None
-    python = Path(STOCK_VENV) / "bin" / "python"
-    probe = subprocess.run([python, "-c", "import pyfuse3; print(hasattr(pyfuse3.Operations,"
-                            " 'fallocate'))"], capture_output=True, text=True, check=True)
-    assert probe.stdout.strip() == "False", "SBX_FS_STOCK_VENV has a patched pyfuse3"
-    sbx_fs = str(Path(STOCK_VENV) / "bin" / "sbx-fs")
+@pytest.mark.skipif(not (STOCK_PYFUSE3 / "pyfuse3").is_dir(),
+                    reason=f"no stock pyfuse3 in {STOCK_PYFUSE3}: run scripts/build-pyfuse3.sh"
+                    f" --stock {STOCK_PYFUSE3} /opt/sbx/venv (scripts/test.sh does)")
+def test_a_stock_pyfuse3(fs_run: Runner, workdir: Path) -> None:
+    """With pyfuse3 as PyPI has it (no fallocate handler, no readdir_reply lookup
+    argument), sbx-fs mounts and works, fallocate(2) is EOPNOTSUPP in every mode and
+    posix_fallocate(3) works through glibc's fallback, as on the kernel's overlayfs;
+    readdir sends full entries."""
+    env = {**os.environ, "PYTHONPATH": str(STOCK_PYFUSE3)}
+    probe = subprocess.run([sys.executable, "-c", "import inspect, pyfuse3; print("
+                            "hasattr(pyfuse3.Operations, 'fallocate'), 'lookup' in"
+                            " inspect.signature(pyfuse3.readdir_reply).parameters)"],
+                           capture_output=True, text=True, check=True, env=env)
+    assert probe.stdout.split() == ["False", "False"], f"{STOCK_PYFUSE3} has a patched pyfuse3"
+    wrapper = workdir / "sbx-fs-stock"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={STOCK_PYFUSE3} exec {sys.executable} -m fs"
+                       ' "$@"\n')
+    wrapper.chmod(0o755)
+    sbx_fs = str(wrapper)
     r = fs_run(["mount()", FA,
                 *(f"fd = os.open(m + '/n', os.O_CREAT | os.O_RDWR, 0o644)\ntry:\n"
                   f"    fa(fd, {mode}, 0, 4096)\nfinally:\n    os.close(fd)"
@@ -631,6 +680,11 @@ def test_a_stock_pyfuse3(fs_run: Runner) -> None:
                  sbx_fs=sbx_fs)
     kernel = fs_run(["kmount(); remount = kmount", *POSIX_FALLOCATE_OPS, "umount()"], TWO)
     assert sbx[1:-1] == kernel[1:-1]
+    listings = ["mount()", LISTING, "listing(m + '/d')", "listing(m + '/d')", "umount()"]
+    stock = fs_run(listings, TWO, sbx_fs=sbx_fs)
+    kernel = fs_run(["mount = kmount", *listings], TWO)
+    assert stock[2:4] == kernel[3:5]
+    assert [e[0] for e in stock[3]] == ["x", "y"]
 
 
 def test_mmap(fs_run: Runner) -> None:
