@@ -35,6 +35,7 @@ from fs.mapping import IdMap, read_overflow_id
 from fs.ops import Operations
 from fs.options import USAGE, MountOptions, UsageError, parse_args
 from fs.overlay import Overlay
+from fs.spin import Spinner, find_fuse_fd
 
 log = logging.getLogger("fs")
 
@@ -126,6 +127,19 @@ class _Loop:
         self.stopping = False
         self.stock = stock or not hasattr(pyfuse3, "_wait_fuse_readable")
         self._saved: dict[int, Any] = {}
+        self.spinner: Spinner | None = None  # spin.py: polls before each read
+
+    def start_spinning(self, spin_us: int) -> None:
+        """Poll /dev/fuse for up to `spin_us` before each read (spin.py); after
+        pyfuse3.init, which opens it."""
+        if self.stock or spin_us <= 0:
+            return
+        fd = find_fuse_fd()
+        if fd is None:
+            log.debug("no /dev/fuse descriptor found: no spinning")
+            return
+        self.spinner = Spinner(fd, spin_us)
+        log.debug("polling /dev/fuse (fd %d) for up to %d us before each read", fd, spin_us)
 
     def catch_signals(self) -> None:
         """Before mounting: a signal from then on ends the loop, even one that comes
@@ -138,7 +152,12 @@ class _Loop:
         self._saved = {}
 
     async def _readable(self) -> bool:
+        if self.spinner is not None and not self.stopping:
+            self.spinner.wait(self._stopping)
         return not self.stopping
+
+    def _stopping(self) -> bool:
+        return self.stopping
 
     def _on_signal(self, signum: int, frame: object) -> None:
         log.debug("signal %d: unmounting", signum)
@@ -195,6 +214,7 @@ def serve(fs: Overlay, opts: MountOptions, ready: int | None) -> int:
         return 1
     if loop.stock:
         loop.restore_signals()  # trio's receiver takes over once the loop runs
+    loop.start_spinning(opts.spin_us)
     if fs.reaper is not None:
         fs.reaper.start()  # a fork: before trio or anything else starts a thread
     if ready is not None:

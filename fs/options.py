@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 
 from fs.mapping import IdRange, MappingError, parse_mapping
+from fs.spin import DEFAULT_SPIN_US
 
 USAGE = """\
 usage: sbx-fs [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT
@@ -46,6 +47,9 @@ A union filesystem on FUSE with fuse-overlayfs's command line.
      fsync=0, volatile
                      ignore fsync
      static_nlink    directories have st_nlink 1
+     spin=MICROSECONDS
+                     poll for the next request this long before sleeping, while
+                     requests come densely (default 50; 0: never)
      noxattrs=1      no extended attributes
      xattr_permissions=1|2
                      keep owners and modes of the upper layer in an xattr
@@ -99,6 +103,7 @@ class MountOptions:
     writeback: bool = True
     fsync: bool = True
     static_nlink: bool = False
+    spin_us: int = DEFAULT_SPIN_US  # spin.py
     xattrs: bool = True
     xattr_permissions: int = 0
     read_only: bool = False
@@ -233,6 +238,10 @@ def apply_option(opts: MountOptions, option: str, cwd: str) -> None:
             raise UsageError(f"invalid value for timeout: {value!r}")
     elif key == "writeback":
         opts.writeback = _bool(key, value)
+    elif key == "spin":
+        opts.spin_us = _int(key, value)
+        if not 0 <= opts.spin_us <= 10_000:
+            raise UsageError(f"invalid value for spin: {value!r} (microseconds, 0 to 10000)")
     elif key == "fsync":
         opts.fsync = _bool(key, value)
     elif key == "noxattrs":
