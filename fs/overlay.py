@@ -490,7 +490,10 @@ class Overlay:
         """The real stat of an inode, its layer and, where that layer stores owners in
         an override xattr (the one use of it), the /proc path of its file."""
         if not inode.is_dir and not inode.links:
-            fd = self._open_fd(inode)
+            # A removed file: only an open handle still reaches it. The kernel flushes
+            # the times of every file it unlinks (a SETATTR after the UNLINK, with the
+            # writeback cache), so this is asked once per file of an `rm -rf`.
+            fd = self._open_fd(inode) if inode.opened > 0 else None
             if fd is None:
                 raise _err(errno.ENOENT)
             return os.fstat(fd), None, None

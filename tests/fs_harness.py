@@ -880,7 +880,11 @@ ALWAYS: tuple[Known, ...] = (
           "under test to keep such links linked instead. So the paths of a lower "
           "hard-link set are never compared by st_nlink, and once an op touches one of "
           "them, all of them (and where they are renamed to) only by type, and the "
-          "results of xattr changes on them not at all"),
+          "results of xattr changes on them not at all. A rename between two of them "
+          "replaces one in the kernel and does nothing under the fs under test (one "
+          "file: POSIX rename(2)); both names are left out from then on "
+          "(Tolerance.rename_between_links)",
+          seen="l1: file b, link c -> b; write b; rename b c: b stays (kernel: gone)"),
     Known("unfiltered-whiteout",
           "the kernel lists a whiteout by name in readdir of a directory that exists "
           "in one layer only (it reads such a directory straight through, "
@@ -1072,6 +1076,9 @@ class Tolerance:
     known: tuple[Known, ...]
     layers: Sequence[Sequence[JSON]] = ()
     lower_links: list[set[str]] = field(default_factory=list)
+    # The current names of each lower hard-link set (index into lower_links), kept
+    # through renames and links (moved, linked).
+    link_names: dict[str, int] = field(default_factory=dict)
     # Compared by type only (lower hard links once touched).
     tainted: set[str] = field(default_factory=set)
     # Not compared at all (an op a known difference covers), or all below them.
@@ -1120,6 +1127,24 @@ class Tolerance:
         self.free((os.path.dirname(p) or "." for p in touched), "mtime")
         return True
 
+    def set_lower_links(self, groups: list[set[str]]) -> None:
+        self.lower_links = groups
+        self.link_names = {p: i for i, g in enumerate(groups) for p in g}
+
+    def linked(self, src: str, dst: str) -> None:
+        """A link(2): dst is one more name of src's lower hard-link set, if any."""
+        if src in self.link_names:
+            self.link_names[dst] = self.link_names[src]
+
+    def rename_between_links(self, src: str, dst: str, touched: Sequence[str]) -> None:
+        """lower-hardlink (ALWAYS), for rename(2): between two names of one lower
+        hard-link set, once one was copied up, the kernel has two files and the
+        rename replaces dst, while the fs under test keeps one file and, as POSIX
+        says for two links of one file, does nothing. Both names diverge."""
+        group = self.link_names.get(src)
+        if group is not None and self.link_names.get(dst) == group and src != dst:
+            self.diverged.update(touched)
+
     def moved(self, src: str, dst: str) -> None:
         """A rename: what is noted for src and below it is noted for dst too."""
         def under(p: str) -> str | None:
@@ -1128,6 +1153,9 @@ class Tolerance:
             return dst + p[len(src):] if p.startswith(src + "/") else None
         for noted in (self.tainted, self.diverged, self.diverged_trees):
             noted.update(d for p in list(noted) if (d := under(p)) is not None)
+        for p, group in list(self.link_names.items()):
+            if (d := under(p)) is not None:
+                self.link_names[d] = group
         for p, keys in list(self.freed.items()):
             if (d := under(p)) is not None:
                 self.freed.setdefault(d, set()).update(keys)
@@ -1269,6 +1297,11 @@ class Session:
         reply = self.worker.request({"cmd": "op", "op": op})
         touched = [*op_paths(op), *reply["resolved"]]
         self.tol.touch(touched)
+        if op["op"] == "rename":
+            self.tol.rename_between_links(op["src"], op["dst"], touched)
+            self.tol.rename_between_links(reply["resolved"][0], reply["resolved"][2], touched)
+        if op["op"] == "link" and reply["ref"].get("ok"):
+            self.tol.linked(op["src"], op["dst"])
         if op["op"] == "rename" and reply["ref"].get("ok"):
             self.tol.moved(op["src"], op["dst"])
             self.tol.moved(reply["resolved"][0], reply["resolved"][2])
@@ -1283,7 +1316,7 @@ class Session:
         reply = self.worker.request({"cmd": "tree"})
         ref, sut = reply["ref"], reply["sut"]
         if initial:
-            self.tol.lower_links = lower_link_sets(ref)
+            self.tol.set_lower_links(lower_link_sets(ref))
         self.ref_tree = ref
         diffs = compare_trees(ref, sut, self.tol)
         if diffs:

@@ -38,7 +38,7 @@ def test_a_waiting_request_is_read_at_once(pipe: tuple[int, int]) -> None:
 
 def test_spins_while_requests_come_densely_and_stops_after_a_pause(
         pipe: tuple[int, int]) -> None:
-    r, w = pipe
+    r, _ = pipe
     s = Spinner(r, WINDOW_US)
     # Just after the previous wait (a dense stream): the window is spent polling.
     s.wait()  # the first one: nothing before it, no spin
