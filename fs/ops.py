@@ -77,6 +77,13 @@ class Operations(pyfuse3.Operations):
     """sbx-fs's FUSE operations over an Overlay."""
 
     supports_dot_lookup = True
+    # The kernel opens and releases directories without asking (Linux >= 5.1,
+    # FUSE_NO_OPENDIR_SUPPORT): two round trips saved per directory opened, and
+    # `rm -rf` opens each twice. readdir and fsyncdir then get the inode number;
+    # overlay.readdir keeps no state per open directory. Added to pyfuse3 by
+    # third_party/pyfuse3/0003-no-opendir.patch, which resets this to False where
+    # the kernel cannot; a stock pyfuse3 never reads it (opendir as before).
+    no_opendir = hasattr(pyfuse3.Operations, "no_opendir")
 
     def __init__(self, fs: Overlay, *, timeout: float = 1.0, writeback: bool = False) -> None:
         super().__init__()
@@ -270,8 +277,9 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), self._entry(attr),
                                          next_id)
 
+        by_inode = self.no_opendir
         if not _BARE_ENTRIES:
-            self.fs.readdir(fh, start_id, emit)
+            self.fs.readdir(fh, start_id, emit, by_inode=by_inode)
             return
         bare = self._bare
 
@@ -281,7 +289,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), bare, next_id,
                                          lookup=False)  # type: ignore[call-arg]
 
-        self.fs.readdir(fh, start_id, emit, emit_known)
+        self.fs.readdir(fh, start_id, emit, emit_known, by_inode=by_inode)
 
     @handler
     def releasedir(self, fh: int) -> None:
@@ -289,7 +297,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        self.fs.fsyncdir(fh, datasync)
+        self.fs.fsyncdir(fh, datasync, by_inode=self.no_opendir)
 
     # -- the rest ---------------------------------------------------------------------
 

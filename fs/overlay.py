@@ -66,6 +66,11 @@ _USER_OVERLAY = b"user.overlay."
 _ESCAPED = b"user.overlay.overlay."
 
 _LISTINGS_KEPT = 32
+# Listings that readdir offsets may still name (an open directory stream each, at
+# most), and the parts of an offset: generation << 32 | index + 1.
+_STREAMS_KEPT = 1024
+_GEN_MAX = (1 << 31) - 1
+_INDEX_MASK = (1 << 32) - 1
 _OPEN_KEEP = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC | os.O_TRUNC)
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 
@@ -162,12 +167,26 @@ class FileHandle:
 
 
 class DirHandle:
-    __slots__ = ("entries", "inode", "version")
+    __slots__ = ("inode",)
 
     def __init__(self, inode: Inode) -> None:
         self.inode = inode
-        self.entries: list[tuple[bytes, int, bool]] | None = None
-        self.version = -1
+
+
+class Listing:
+    """The merged entries of a directory as readdir saw them at offset 0: (name,
+    position in its dir_layers of the layer that provides it, whether it is a
+    directory there), "." and ".." first. `gen` tags the offsets handed out for it
+    (readdir), `version` is the directory's version when it was made."""
+
+    __slots__ = ("entries", "gen", "inode", "key", "version")
+
+    def __init__(self, inode: Inode, entries: list[tuple[bytes, int, bool]], gen: int) -> None:
+        self.inode = inode
+        self.entries = entries
+        self.gen = gen
+        self.version = inode.version
+        self.key = (inode.version, inode.dir_layers)
 
 
 class Overlay:
@@ -209,10 +228,11 @@ class Overlay:
         self.to_trim: set[Layer] = set()
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
-        # The last listings made (readdir), by inode number: (the inode, its version
-        # and layers then, the entries).
-        self._listings: OrderedDict[int, tuple[Inode, tuple[int, tuple[int, ...]],
-                                               list[tuple[bytes, int, bool]]]] = OrderedDict()
+        # The last listing made of each directory (readdir), by inode number, and
+        # the listings that offsets handed out may still name, by generation.
+        self._listings: OrderedDict[int, Listing] = OrderedDict()
+        self._by_gen: OrderedDict[int, Listing] = OrderedDict()
+        self._next_gen = 1
         self._next_fh = 1
         try:
             if upper is not None:
@@ -701,49 +721,76 @@ class Overlay:
         inode.opened += 1
         return fh
 
-    def readdir(self, fh: int, start: int, emit: Callable[[bytes, Attr, int], bool],
-                emit_known: Callable[[bytes, int, int, int], bool] | None = None) -> None:
-        """Entries from offset `start`; `emit(name, attr, next_offset)` returns False
-        when the reply is full. The listing is made at offset 0 and kept, so offsets
-        are indices into it and stay valid while the directory changes.
+    def _listing_at_start(self, inode: Inode) -> Listing:
+        """The listing a read from offset 0 uses: the last one made of the directory
+        while the directory is as it was then (`rm -rf` and `find` read each
+        directory twice), else a new one."""
+        kept = self._listings.get(inode.ino)
+        if kept is not None and kept.inode is inode and kept.key == (inode.version,
+                                                                      inode.dir_layers):
+            self._listings.move_to_end(inode.ino)
+            self._by_gen.move_to_end(kept.gen)
+            return kept
+        gen = self._next_gen
+        self._next_gen = gen + 1 if gen < _GEN_MAX else 1
+        listing = Listing(inode, [(b".", 0, True), (b"..", 0, True), *self._listing(inode)],
+                          gen)
+        self._listings[inode.ino] = listing
+        if len(self._listings) > _LISTINGS_KEPT:
+            self._listings.popitem(last=False)
+        self._by_gen[gen] = listing
+        if len(self._by_gen) > _STREAMS_KEPT:
+            self._by_gen.popitem(last=False)
+        return listing
+
+    def readdir(self, ref: int, start: int, emit: Callable[[bytes, Attr, int], bool],
+                emit_known: Callable[[bytes, int, int, int], bool] | None = None, *,
+                by_inode: bool = False) -> None:
+        """Entries from offset `start` of the directory `ref` — a handle from
+        opendir, or with `by_inode` the directory's inode number (the kernel opens
+        directories itself: ops.py, no_opendir). `emit(name, attr, next_offset)`
+        returns False when the reply is full.
+
+        The listing is made at offset 0 and kept; an offset is its generation in the
+        high 32 bits and an index into it in the low ones, so telldir/seekdir
+        positions stay valid while the directory changes, and two streams reading
+        one directory never mix listings, with no state per open directory. An
+        offset whose listing has been evicted (_STREAMS_KEPT) reads on in a new one.
 
         With `emit_known(name, ino, kind, next_offset)`, an entry whose inode the
         kernel holds (a lookup reply it has not forgotten) goes out by number and
         type only, with no lookup counted: its dentry and attributes are cached
         already, and stat-ing it again is what made `rm -rf` and `ls` of a tree
         the kernel knows cost a stat per entry per read (ops.py)."""
-        dh = self._dirs[fh]
-        inode = dh.inode
-        if start == 0 or dh.entries is None:
-            # A listing made for an earlier handle serves while the directory is as
-            # it was: `rm -rf` and `find` open each directory twice.
-            key = (inode.version, inode.dir_layers)
-            kept = self._listings.get(inode.ino)
-            if kept is not None and kept[0] is inode and kept[1] == key:
-                dh.entries = kept[2]
-                self._listings.move_to_end(inode.ino)
-            else:
-                dh.entries = [(b".", 0, True), (b"..", 0, True), *self._listing(inode)]
-                self._listings[inode.ino] = (inode, key, dh.entries)
-                if len(self._listings) > _LISTINGS_KEPT:
-                    self._listings.popitem(last=False)
-            dh.version = inode.version
-        entries = dh.entries
+        inode = self.table.get(ref) if by_inode else self._dirs[ref].inode
+        if not inode.is_dir:
+            raise _err(errno.ENOTDIR)
+        listing: Listing | None = None
+        index = 0
+        if start:
+            index = start & _INDEX_MASK
+            listing = self._by_gen.get(start >> 32)
+            if listing is not None and listing.inode is not inode:
+                listing = None
+        if listing is None:
+            listing = self._listing_at_start(inode)
+        entries = listing.entries
+        gen = listing.gen << 32
         # While the directory is as listed, a non-directory is where the listing
         # saw it: one fstatat. Once it changed, every name is looked up again from
         # the top, so that no removed name comes back (readdirplus would hand the
         # kernel a dentry for it).
-        fast = dh.version == inode.version
+        fast = listing.version == inode.version
         dfds: list[int] | None = None
         table = self.table
         names = table.names if emit_known is not None and fast else None
-        for i in range(start, len(entries)):
+        for i in range(index, len(entries)):
             name, pos, is_dir = entries[i]
             child: Inode | None = None
             if names is not None and i >= 2:
                 known = names.get((inode.ino, name))
                 if known is not None and known.lookups > 0 and known.kind:
-                    if not emit_known(name, known.ino, known.kind, i + 1):
+                    if not emit_known(name, known.ino, known.kind, gen | (i + 1)):
                         return
                     continue
             if i < 2:
@@ -779,7 +826,7 @@ class Overlay:
                 child = self._inode_for(inode, name, found)
                 attr = self._attr(child, found.st if found.is_dir or child.layer == found.layer
                                   else None)
-            if not emit(name, attr, i + 1):
+            if not emit(name, attr, gen | (i + 1)):
                 if child is not None:
                     table.drop_unreferenced(child)
                 return
@@ -790,8 +837,8 @@ class Overlay:
         dh = self._dirs.pop(fh)
         self.table.release(dh.inode)
 
-    def fsyncdir(self, fh: int, datasync: bool) -> None:
-        inode = self._dirs[fh].inode
+    def fsyncdir(self, ref: int, datasync: bool, *, by_inode: bool = False) -> None:
+        inode = self.table.get(ref) if by_inode else self._dirs[ref].inode
         if not self.fsync_enabled or self.upper is None or not inode.dir_layers:
             return
         if inode.dir_layers[0] == UPPER:

@@ -6,8 +6,9 @@
 #                                               (pip --target), for the test that
 #                                               runs fs/ on a stock pyfuse3
 # The patches (third_party/pyfuse3/*.patch; README.md there says why) add the
-# fallocate(2) handler that pyfuse3 3.5.0 lacks, and readdir entries without a
-# lookup (readdir_reply(..., lookup=False)); fs/ uses each when it is there.
+# fallocate(2) handler that pyfuse3 3.5.0 lacks, readdir entries without a lookup
+# (readdir_reply(..., lookup=False)) and directories opened without OPENDIR
+# (Operations.no_opendir); fs/ uses each when it is there.
 #
 # The sdist is fetched with VENV's pip (whatever index it is configured with), its
 # sha256 checked against the pin below, patched, and built with Cython (pinned too:
@@ -57,9 +58,10 @@ import sys
 import pyfuse3
 
 # 0001: the Python default (Operations.fallocate) and the compiled handler that
-# calls it; 0002: readdir_reply's lookup argument.
+# calls it; 0002: readdir_reply's lookup argument; 0003: Operations.no_opendir.
 added = [hasattr(pyfuse3.Operations, "fallocate"), hasattr(pyfuse3, "fuse_fallocate_async"),
-         "lookup" in inspect.signature(pyfuse3.readdir_reply).parameters]
+         "lookup" in inspect.signature(pyfuse3.readdir_reply).parameters,
+         hasattr(pyfuse3.Operations, "no_opendir")]
 want = not any(added) if sys.argv[2:] == ["stock"] else all(added)
 sys.exit(0 if pyfuse3.__version__ == sys.argv[1] and want else 1)
 EOF

@@ -337,6 +337,34 @@ def test_readdir_offsets_are_stable(fs_run: Runner) -> None:
     assert r[3] == 300  # f000 gone, new there
 
 
+def test_two_streams_of_one_directory(fs_run: Runner) -> None:
+    """With the kernel opening directories itself (no OPENDIR: ops.py, no_opendir),
+    sbx-fs keeps no state per open directory; offsets name their listing. Two
+    streams of one directory, read in turns while it changes, each see every name
+    that stayed, none twice, as on the kernel's overlayfs."""
+    layers = {"l1": [{"path": f"d/f{i:03}", "data": ""} for i in range(0, 400, 2)],
+              "l2": [{"path": f"d/f{i:03}", "data": ""} for i in range(1, 400, 2)]}
+    # b starts after the change: its listing is a new one, while a reads on in
+    # the old one (offsets that were bare indices would mix the two).
+    ops = ["d = m + '/d'; a = os.scandir(d); b = None; sa, sb = [], []\n"
+           "for turn in range(500):\n"
+           "    for it, seen in ((a, sa), (b, sb)):\n"
+           "        e = next(it, None) if it is not None else None\n"
+           "        if e is not None:\n"
+           "            seen.append(e.name)\n"
+           "    if turn == 50:\n"
+           "        os.unlink(d + '/f399'); write(d + '/new', ''); b = os.scandir(d)\n"
+           "a.close(); b.close()",
+           "stayed = {f'f{i:03}' for i in range(399)}\n"
+           "[(len(s) == len(set(s)), sorted(stayed - set(s)), sorted(set(s) - stayed"
+           " - {'f399', 'new'})) for s in (sa, sb)] + [sorted(set(sb) - stayed)]",
+           "umount()"]
+    sbx = fs_run(["mount()", *ops], layers)
+    kernel = fs_run(["kmount()", *ops], layers)
+    assert sbx[2] == [[True, [], []], [True, [], []], ["new"]]
+    assert sbx[2] == kernel[2]
+
+
 def test_removing_while_listing(fs_run: Runner) -> None:
     """Names removed while a directory stream is open do not come back: readdirplus
     hands the kernel a dentry for every entry it returns."""
