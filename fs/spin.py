@@ -21,7 +21,8 @@ The cost is CPU time while a client is busy with the filesystem, so the window i
 used only while it pays: after a poll that found a request, or after a cycle shorter
 than two windows. A client that pauses longer than that costs one wasted window,
 then none until it comes back. The loop yields the CPU at each turn, so a client on
-the same CPU is not held up. `spin=0` turns it off.
+the same CPU is not held up. `spin=0` turns it off, and so does a process allowed
+on one CPU only (__main__.py): there a spin can only hold the client up.
 """
 
 from __future__ import annotations
