@@ -67,8 +67,9 @@ _ESCAPED = b"user.overlay.overlay."
 
 _LISTINGS_KEPT = 32
 # Listings that readdir offsets may still name (an open directory stream each, at
-# most), and the parts of an offset: generation << 32 | index + 1.
-_STREAMS_KEPT = 1024
+# most; with no OPENDIR there is no close to free them, so a bound on memory too),
+# and the parts of an offset: generation << 32 | index + 1.
+_STREAMS_KEPT = 256
 _GEN_MAX = (1 << 31) - 1
 _INDEX_MASK = (1 << 32) - 1
 _OPEN_KEEP = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC | os.O_TRUNC)
