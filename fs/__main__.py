@@ -117,6 +117,10 @@ class _Loop:
     unmount ends the read with ENODEV, which libfuse turns into the end of the
     session.
 
+    Before each read the replacement may poll the fd for a few tens of microseconds
+    while requests come densely (spin.py, `spin=`), so that the next request needs
+    no wakeup of this process.
+
     With `stock=True` (SBX_FS_STOCK_LOOP=1 in the environment), or a pyfuse3 without
     that function, pyfuse3's own loop runs, stopped with pyfuse3.terminate().
     """
