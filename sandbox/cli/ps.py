@@ -24,8 +24,8 @@ from typing import Any
 
 import click
 
+from sandbox import filters as filters_mod
 from sandbox.cli import handle_errors
-from sandbox.errors import UsageError
 
 FILTER_KEYS = ("status", "name", "id", "label", "ancestor")
 STATUSES = ("created", "running", "exited", "paused", "unknown")
@@ -137,22 +137,7 @@ def template_row(container: Any, now_ns: int, no_trunc: bool) -> dict[str, Any]:
 
 # -- filters -------------------------------------------------------------------------
 def parse_filters(items: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in FILTER_KEYS:
-            raise UsageError(f"invalid filter {item!r}",
-                             hint="filters: " + ", ".join(f"{k}=..." for k in FILTER_KEYS))
-        if key == "status" and value not in STATUSES:
-            raise UsageError(f"invalid status filter {value!r}",
-                             hint="status is one of " + ", ".join(STATUSES))
-        if key == "name":
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise UsageError(f"invalid name filter {value!r}: {exc}") from None
-        out.setdefault(key, []).append(value)
-    return out
+    return filters_mod.parse(items, FILTER_KEYS, values={"status": STATUSES})
 
 
 def _matches_one(container: Any, key: str, value: str) -> bool:
@@ -164,9 +149,7 @@ def _matches_one(container: Any, key: str, value: str) -> bool:
     if key == "id":
         return container.id.startswith(value)
     if key == "label":
-        labels = cfg.get("labels") or {}
-        k, sep, v = value.partition("=")
-        return k in labels and (not sep or labels[k] == v)
+        return filters_mod.label_matches(cfg.get("labels") or {}, value)
     if key == "ancestor":
         image = str(cfg.get("image") or "")
         image_id = str(cfg.get("image_id") or "").partition(":")[2]
@@ -177,8 +160,7 @@ def _matches_one(container: Any, key: str, value: str) -> bool:
 
 
 def matches(container: Any, filters: dict[str, list[str]]) -> bool:
-    return all(any(_matches_one(container, key, v) for v in values)
-               for key, values in filters.items())
+    return filters_mod.matches(filters, lambda key, v: _matches_one(container, key, v))
 
 
 def list_containers(show_all: bool, filters: dict[str, list[str]]) -> list[Any]:

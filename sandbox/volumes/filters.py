@@ -2,7 +2,7 @@
 
 Keys (podman-volume-ls(1)): `name` (a regular expression searched in the name, as
 podman's), `label` (KEY or KEY=VALUE), `driver`, `dangling` (true: no container uses
-it). Filters with the same key are ORed, different keys ANDed, as podman does.
+it). Parsing and combining are sandbox/filters.py's, shared with `ps`.
 """
 
 from __future__ import annotations
@@ -10,37 +10,22 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
-from sandbox.errors import UsageError
+from sandbox import filters as shared
 from sandbox.volumes.store import Volume
 
 KEYS = ("name", "label", "driver", "dangling")
 
 
 def parse(items: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or key not in KEYS:
-            raise UsageError(f"invalid volume filter {item!r}",
-                             hint="filters: " + ", ".join(f"{k}=..." for k in KEYS))
-        if key == "dangling" and value not in ("true", "false", "1", "0"):
-            raise UsageError(f"invalid dangling filter {value!r}", hint="dangling=true|false")
-        if key == "name":
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise UsageError(f"invalid name filter {value!r}: {exc}") from None
-        out.setdefault(key, []).append(value)
-    return out
+    return shared.parse(items, KEYS, what="volume filter",
+                        values={"dangling": ("true", "false", "1", "0")})
 
 
 def _one(vol: Volume, key: str, value: str, in_use: Collection[str]) -> bool:
     if key == "name":
         return re.search(value, vol.name) is not None
     if key == "label":
-        k, eq, v = value.partition("=")
-        labels = vol.labels
-        return k in labels and (not eq or labels[k] == v)
+        return shared.label_matches(vol.labels, value)
     if key == "driver":
         return str(vol.meta.get("driver", "local")) == value
     if key == "dangling":
@@ -50,5 +35,4 @@ def _one(vol: Volume, key: str, value: str, in_use: Collection[str]) -> bool:
 
 def matches(vol: Volume, filters: dict[str, list[str]], in_use: Collection[str]) -> bool:
     """Whether `vol` passes; `in_use` holds the names of volumes containers use."""
-    return all(any(_one(vol, key, v, in_use) for v in values)
-               for key, values in filters.items())
+    return shared.matches(filters, lambda key, v: _one(vol, key, v, in_use))
