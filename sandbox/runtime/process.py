@@ -502,12 +502,7 @@ class Launched:
             self._status = 128 + signal.SIGKILL
         if self.has_daemons:
             reap_orphans()
-        self._forwarder.__exit__(None, None, None)
-        self._sock.close()
-        os.close(self._err_r)
-        if self.master >= 0:
-            os.close(self.master)
-            self.master = -1
+        self._let_go()
 
     def release(self) -> None:
         """Let the process go on without us (`exec -d`): close our ends of the pipes
@@ -515,6 +510,10 @@ class Launched:
         if self._closed:
             return
         self._closed = True
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Stop forwarding signals and close our ends of the socket, pipe and pty."""
         self._forwarder.__exit__(None, None, None)
         self._sock.close()
         os.close(self._err_r)
